@@ -1,0 +1,112 @@
+"""The prepared-file schema (DESIGN.md contract 1), shared by the writer and every reader.
+
+Layout of one prepared HDF5 file::
+
+    /                       attrs: schema_version (int), crossmodal_version (str), source (str),
+                                   provenance (JSON str: arguments, counts, skipped images, ...),
+                                   class_names (JSON list of str), stats (JSON, see below)
+    /<split>/               one group per split: "train", "test", "unlabeled", ...
+                            (an image folder's "val" split is stored as "test"; provenance says so)
+    /<split>/<modality>     (N, C, H, W), dtype per crossmodal.modalities, chunks (1, C, H, W)
+    /<split>/label          (N,) int64, -1 = no label
+    /<split>/segmentation   optional (N, H, W) int16, 0 = unlabeled pixel
+    /<split>/depth_valid    optional (N, 1, H, W) uint8, 1 where depth was measured
+
+`stats` is {modality: {"mean": [per channel], "std": [per channel]}} in the modality's float
+units (crossmodal.modalities.to_float), computed by `prepare` over the train split (or the
+first split when there is no train split), depth over valid pixels only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+
+from crossmodal.errors import DataError
+from crossmodal.modalities import MODALITIES
+
+SCHEMA_VERSION = 1
+REQUIRED_ATTRS = ("schema_version", "crossmodal_version", "source", "provenance", "class_names", "stats")
+EXTRA_DATASETS = ("label", "segmentation", "depth_valid")
+
+
+def read_json_attr(f: h5py.File, key: str, path: str):
+    """Decode a JSON string attribute, naming the file and key when it is not valid JSON."""
+    raw = f.attrs[key]
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    try:
+        return json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        raise DataError(f"{path}: attribute {key!r} is not valid JSON") from None
+
+
+def validate(f: h5py.File, path: str | Path) -> dict:
+    """Check an open prepared file against the schema; return a summary or raise DataError naming what is wrong.
+
+    The summary is {"class_names", "stats", "provenance", "source",
+    "splits": {split: {"n": N, "modalities": {name: shape}, "has_segmentation": bool}}}.
+    """
+    path = str(path)
+    for key in REQUIRED_ATTRS:
+        if key not in f.attrs:
+            raise DataError(f"{path}: not a crossmodal prepared file (attribute {key!r} missing); run `crossmodal prepare`")
+    version = int(f.attrs["schema_version"])
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema_version {version}, this crossmodal reads {SCHEMA_VERSION}; re-run `crossmodal prepare`")
+    class_names = read_json_attr(f, "class_names", path)
+    stats = read_json_attr(f, "stats", path)
+    splits = {}
+    for split, group in f.items():
+        if not isinstance(group, h5py.Group):
+            raise DataError(f"{path}: top-level {split!r} is not a split group")
+        if "label" not in group:
+            raise DataError(f"{path}: split {split!r} has no 'label' dataset")
+        n = group["label"].shape[0]
+        mods = {}
+        for name, ds in group.items():
+            if name in EXTRA_DATASETS:
+                if ds.shape[0] != n:
+                    raise DataError(f"{path}: {split}/{name} has {ds.shape[0]} rows, label has {n}")
+                continue
+            if name not in MODALITIES:
+                raise DataError(f"{path}: {split}/{name} is not a known modality ({', '.join(MODALITIES)})")
+            m = MODALITIES[name]
+            if ds.ndim != 4 or ds.shape[1] != m.channels:
+                raise DataError(f"{path}: {split}/{name} has shape {ds.shape}, expected (N, {m.channels}, H, W)")
+            if ds.shape[0] != n:
+                raise DataError(f"{path}: {split}/{name} has {ds.shape[0]} rows, label has {n}")
+            if str(ds.dtype) != m.dtype:
+                raise DataError(f"{path}: {split}/{name} has dtype {ds.dtype}, expected {m.dtype}")
+            if name not in stats:
+                raise DataError(f"{path}: attribute 'stats' has no entry for modality {name!r}")
+            mods[name] = tuple(ds.shape[1:])
+        if not mods:
+            raise DataError(f"{path}: split {split!r} holds no modality")
+        splits[split] = {"n": n, "modalities": mods, "has_segmentation": "segmentation" in group}
+    if not splits:
+        raise DataError(f"{path}: file holds no split")
+    return {
+        "class_names": class_names,
+        "stats": stats,
+        "provenance": read_json_attr(f, "provenance", path),
+        "source": str(f.attrs["source"]),
+        "splits": splits,
+    }
+
+
+def open_prepared(path: str | Path) -> tuple[h5py.File, dict]:
+    """Open a prepared file read-only and validate it; raise DataError with the path on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
+    try:
+        return f, validate(f, path)
+    except Exception:
+        f.close()
+        raise

@@ -1,0 +1,141 @@
+"""The distiller contract (DESIGN.md 4) and its registry.
+
+A distiller is an `nn.Module` registered by name. It is built from a `DistillSpec` (shapes of the
+student's and teacher's outputs, dataset size, train labels) plus its own keyword parameters,
+and called as `loss = distiller(s_out, t_out, batch)` -> scalar tensor, where `s_out`/`t_out`
+are model output dicts (crossmodal.models.registry) and `batch` is the sample dict
+({modality: tensor, "label": (B,), "index": (B,)}). Trainable parts (heads, regressors) and
+state (memories, buffers) live inside the module, so the optimizer, checkpoints and DDP see
+them with no special case. The engine never branches on a distiller's name.
+
+Class attributes the engine reads:
+- `needs_teacher`  False for losses on the student alone (cross-entropy).
+- `combines_teachers`  True if forward takes the *list* of teacher outputs (KD averages the
+  teachers' probabilities); otherwise an ensemble gets one instance per teacher, losses summed.
+- `init_epochs`  > 0 for methods with an init stage (AB, FT, FSP): `init_parameters()` names
+  what that stage trains, `init_loss(s_out, t_out, batch)` its objective.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from crossmodal.errors import ConfigError
+
+
+@dataclass
+class OutputShapes:
+    """Shapes of one model's outputs for one input size (without the batch dimension)."""
+
+    features: list[tuple[int, ...]]
+    preact_features: list[tuple[int, ...]]
+    embedding: int
+    num_classes: int
+
+
+@dataclass
+class DistillSpec:
+    """What a distiller needs to know to build its parts."""
+
+    student: OutputShapes
+    teacher: OutputShapes
+    num_samples: int  # rows of the training split (CRD memory size)
+    num_classes: int
+    train_labels: Optional[torch.Tensor] = None  # (num_samples,) int64, -1 = none
+    extra: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def output_shapes(model: nn.Module, in_chans: int, size: int | tuple[int, int]) -> OutputShapes:
+    """Run a 2-sample dummy batch through `model` (eval mode, restored after) and record its output shapes."""
+    h, w = (size, size) if isinstance(size, int) else size
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(2, in_chans, h, w, device=device))
+    model.train(was_training)
+    return OutputShapes(
+        features=[tuple(f.shape[1:]) for f in out["features"]],
+        preact_features=[tuple(f.shape[1:]) for f in out["preact_features"]],
+        embedding=out["embedding"].shape[1],
+        num_classes=out["logits"].shape[1],
+    )
+
+
+class Distiller(nn.Module):
+    """Base class: subclasses set their defaults as keyword arguments of __init__ and implement forward."""
+
+    needs_teacher: bool = True
+    combines_teachers: bool = False
+    init_epochs: int = 0
+
+    def __init__(self, spec: DistillSpec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, s_out: dict, t_out, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def init_parameters(self):
+        """Parameters trained by the init stage (empty unless init_epochs > 0)."""
+        return []
+
+    def init_loss(self, s_out: dict, t_out, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+DISTILLERS: dict[str, type[Distiller]] = {}
+
+
+def register_distiller(name: str):
+    """Class decorator registering a Distiller subclass under `name` (the config's loss key)."""
+
+    def deco(cls):
+        if name in DISTILLERS:
+            raise ValueError(f"distiller {name!r} registered twice")
+        cls.name = name
+        DISTILLERS[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    import crossmodal.losses.zoo  # noqa: F401  (imports every distiller module)
+
+
+def list_distillers() -> list[str]:
+    """Registered loss names, as used in a config's `losses` map."""
+    _load_all()
+    return sorted(DISTILLERS)
+
+
+def build_distiller(name: str, spec: DistillSpec, **params) -> Distiller:
+    """Build the distiller registered as `name` with `params` (unknown parameters are a ConfigError)."""
+    _load_all()
+    if name not in DISTILLERS:
+        import difflib
+
+        near = difflib.get_close_matches(name, DISTILLERS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown loss {name!r}{hint} (known: {', '.join(sorted(DISTILLERS))})")
+    cls = DISTILLERS[name]
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "spec"}
+    for key in params:
+        if key not in accepted:
+            near = difflib_hint(key, accepted)
+            raise ConfigError(f"loss {name!r} has no parameter {key!r}{near} (accepted: {', '.join(sorted(accepted)) or 'none'})")
+    return cls(spec, **params)
+
+
+def difflib_hint(key: str, choices) -> str:
+    """'; did you mean X?' for the nearest of `choices` to `key`, or ''."""
+    import difflib
+
+    near = difflib.get_close_matches(key, list(choices), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
