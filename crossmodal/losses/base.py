@@ -13,7 +13,9 @@ Class attributes the engine reads:
 - `combines_teachers`  True if forward takes the *list* of teacher outputs (KD averages the
   teachers' probabilities); otherwise an ensemble gets one instance per teacher, losses summed.
 - `init_epochs`  > 0 for methods with an init stage (AB, FT, FSP): `init_parameters()` names
-  what that stage trains, `init_loss(s_out, t_out, batch)` its objective.
+  what that stage trains (plus the student when `init_trains_student`), `init_loss(s_out,
+  t_out, batch)` its objective.
+- `default_weight`  the reference scripts' weight, used when a config gives the loss weight null.
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ class Distiller(nn.Module):
     needs_teacher: bool = True
     combines_teachers: bool = False
     init_epochs: int = 0
+    init_trains_student: bool = False  # the init stage also trains the student's own layers
+    default_weight: float = 1.0  # the reference scripts' weight (beta) when a config gives null
 
     def __init__(self, spec: DistillSpec):
         super().__init__()

@@ -1,0 +1,104 @@
+"""Checkpoints: atomic writes, safe loads (weights_only=True), and rebuilding a trained model.
+
+A checkpoint written by the Trainer is a dict of tensors, numbers, strings, lists and dicts only:
+
+    format "crossmodal-checkpoint", version, crossmodal_version,
+    epoch            completed epochs
+    model            state_dict of task.model (what load_model rebuilds)
+    task             the rest of task.state_dict() (distiller heads, CRD memories, ...)
+    optimizer, scheduler, scaler (None unless fp16)
+    rng              {"torch": CPU generator state, "cuda": [one state per visible GPU]}
+    config           the resolved config dict
+    metrics          the per-epoch rows of metrics.csv; best_top1, best_epoch
+    meta             arch, modality, in_chans, num_classes, class_names, data_path, stats
+    task_meta        task.checkpoint_meta() (e.g. the teachers' sha256)
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from crossmodal.config import atomic_write
+from crossmodal.errors import CrossmodalError
+
+FORMAT = "crossmodal-checkpoint"
+VERSION = 1
+META_KEYS = ("arch", "modality", "in_chans", "num_classes", "class_names", "data_path", "stats")
+
+
+class CheckpointError(CrossmodalError):
+    """A checkpoint file is missing, unreadable or not one crossmodal wrote."""
+
+
+def save_checkpoint(path: str | Path, obj: dict) -> None:
+    """torch.save `obj` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint with torch.load(weights_only=True); CheckpointError naming the file if that fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a crossmodal checkpoint (written by `crossmodal teach` or `distill`)")
+    return obj
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (identifies a teacher checkpoint in a student's metadata)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the trained network of checkpoint `path` in eval mode; return (model, meta).
+
+    meta holds arch, modality, in_chans, num_classes, class_names, data_path, stats, plus
+    `sha256` of the file, `path`, `epoch` and `task_meta`.
+    """
+    from crossmodal.models import build_model
+
+    ckpt = load_checkpoint(path)
+    meta = dict(ckpt.get("meta") or {})
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing or "model" not in ckpt:
+        raise CheckpointError(f"{path}: checkpoint has no model metadata ({', '.join(missing) or 'model'} missing)")
+    model = build_model(meta["arch"], in_chans=meta["in_chans"], num_classes=meta["num_classes"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {meta['arch']!r} ({str(e).splitlines()[0]})") from None
+    model.to(device).eval()
+    meta.update(sha256=file_sha256(path), path=str(path), epoch=ckpt.get("epoch"),
+                task_meta=ckpt.get("task_meta", {}))
+    return model, meta
+
+
+def capture_rng() -> dict:
+    """The torch RNG states (CPU, and every CUDA device if initialised), as tensors."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Restore RNG states captured by capture_rng (CUDA states only when as many GPUs are visible)."""
+    # Generator states must be CPU byte tensors, whatever map_location the checkpoint was loaded with.
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

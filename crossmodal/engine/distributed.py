@@ -1,0 +1,154 @@
+"""Data-parallel training across processes started by torchrun (env:// rendezvous).
+
+    torchrun --nproc_per_node 4 -m cli teach configs/cifar100/resnet56.yaml
+
+Every process builds the same Task, the engine wraps it in DistributedDataParallel (so
+`Task.forward`, the whole training step, runs under DDP), and `BlockDistributedSampler` makes
+the global batch of B = world * b samples exactly the batch a single process with batch B sees:
+rank r takes the contiguous slice [r*b, (r+1)*b) of it. With a BatchNorm-free model, N processes
+therefore follow the same trajectory as one (tested); with BatchNorm, per-rank batch statistics
+differ from the single-process ones unless `engine.sync_bn` (CUDA) is on.
+
+`optim.batch_size` is the global batch and `optim.lr` is never rescaled with the world size.
+Logging and checkpoints happen on rank 0 only. The helpers below work unchanged (as no-ops) in
+a single process, so library code (e.g. CRD's memory update) can call them unconditionally.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from crossmodal.errors import ConfigError
+
+
+@dataclass
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that logs and writes checkpoints."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun's environment (WORLD_SIZE > 1) asks for a multi-process job."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun job (NCCL on CUDA, gloo otherwise), or return a single-process DistInfo."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    """Rank of this process (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` (same shape on every rank) from all ranks along dim 0, in rank order; no grad."""
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)  # (world * B, ...)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks (in place, also returned); identity in a single process."""
+    if get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of epoch `epoch`: a permutation of range(n) that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class BlockDistributedSampler(torch.utils.data.Sampler[int]):
+    """Yields this rank's slice of every global batch of an epoch's (seed, epoch) permutation.
+
+    The epoch is cut into global batches of `global_batch` samples (an incomplete last batch is
+    dropped so every rank runs the same number of equal-sized steps); rank r yields samples
+    [r*b, (r+1)*b) of each, with b = global_batch / world_size. Set the epoch with `set_epoch`.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True, max_batches: int | None = None):
+        if global_batch % world_size:
+            raise ConfigError(f"optim.batch_size {global_batch} is not divisible by the {world_size} DDP processes")
+        if num_samples < global_batch:
+            raise ConfigError(f"optim.batch_size {global_batch} is larger than the training split "
+                              f"({num_samples} samples)")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.local_batch = global_batch // world_size
+        self.num_batches = num_samples // global_batch
+        if max_batches is not None:
+            self.num_batches = min(self.num_batches, max_batches)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation is yielded next."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.local_batch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = epoch_permutation(self.num_samples, self.seed, self.epoch)
+        else:
+            order = torch.arange(self.num_samples)
+        batches = order[: self.num_batches * self.global_batch].view(self.num_batches, self.global_batch)
+        mine = batches[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch]  # (steps, b)
+        return iter(mine.reshape(-1).tolist())
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Evaluation: rank r yields the contiguous shard r of range(n) (shards differ by at most one sample)."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
+        bounds = [num_samples * r // world_size for r in range(world_size + 1)]
+        self.start, self.stop = bounds[rank], bounds[rank + 1]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))

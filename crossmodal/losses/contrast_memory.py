@@ -1,0 +1,266 @@
+"""CRD's parts as small pieces: the memory bank, negative sampling, the normalisation constant Z, NCE/InfoNCE.
+
+The loss module (crossmodal.losses.crd) wires these together; tests and benchmarks call them directly.
+Shapes: B anchors in the batch (this rank's), K negatives per anchor, N memory rows, D = feat_dim.
+
+Negatives are drawn on the device with torch from uniform draws, with no Python loop over samples and
+no host synchronisation, so a step never waits on the CPU:
+- `relax`: uniform over the N - 1 rows other than the anchor's own (draw u in [0, N-1), add 1 where u >= index);
+- `exact`: uniform over the rows of the other classes. Rows are kept sorted by class; draw u in [0, N - n_c)
+  and skip the anchor's class block by adding n_c where u >= start_c. Anchors whose row is unlabeled (-1)
+  have no class to avoid and fall back to `relax`.
+Draws are with replacement (i.i.d. noise samples, as NCE assumes); the reference code draws a sample's
+negatives without replacement when K is below the class's negative count, which changes little for K << N.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crossmodal.errors import ConfigError
+
+# Per-anchor negatives: score every memory row with one (B, D) x (D, N) matmul and pick the K columns while
+# N <= ALL_ROWS_FACTOR * K, else gather the (B, K, D) rows. The matmul costs ~4BND flops (forward + backward),
+# the gather ~12BKD bytes of memory traffic; devices do 10-100 flops per byte, so the matmul wins up to
+# N/K of a few tens (6-13x faster at N/K = 3-12 on CPU, benchmarks/results/crd_speed.md), and its (B, N)
+# scores take less memory than (B, K, D) rows whenever N < K * D.
+ALL_ROWS_FACTOR = 32
+
+
+# ----------------------------------------------------------------------------------------------- ranks
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, or (0, 1) when it is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` (same shape on every rank) from all ranks in rank order along dim 0."""
+    _, world = rank_and_world()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+# --------------------------------------------------------------------------------------- memory bank
+def init_memory_rows(num_rows: int, dim: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(num_rows, dim) rows uniform in [-1/sqrt(dim/3), +1/sqrt(dim/3)], as the reference initialises its memory."""
+    bound = 1.0 / math.sqrt(dim / 3)
+    return torch.rand(num_rows, dim, generator=generator).mul_(2 * bound).sub_(bound)
+
+
+def momentum_rows(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
+    """L2-normalised m * old + (1 - m) * new, row by row: the memory's update rule."""
+    mixed = old * momentum + new * (1.0 - momentum)  # (B, D)
+    return mixed / mixed.norm(dim=1, keepdim=True)
+
+
+class ContrastMemory(nn.Module):
+    """One memory bank: a unit-norm row per training sample, scored against anchors, updated with momentum.
+
+    `score_all_rows` picks how per-anchor negatives are scored (same numbers either way): True scores
+    every row with one (B, N) matmul and picks the K columns; False gathers the (B, K, D) rows and uses
+    bmm like the reference; None (default) chooses by N <= ALL_ROWS_FACTOR * K.
+    """
+
+    def __init__(self, num_rows: int, dim: int, momentum: float = 0.5, score_all_rows: Optional[bool] = None):
+        super().__init__()
+        self.momentum = momentum
+        self.score_all_rows = score_all_rows
+        self.register_buffer("rows", init_memory_rows(num_rows, dim))  # (N, D)
+        # Set when autograd saved `rows` itself (all-rows path): the update must then not write in place.
+        self._rows_saved_for_backward = False
+
+    @property
+    def num_rows(self) -> int:
+        """N, the number of rows (training samples)."""
+        return self.rows.shape[0]
+
+    def score(self, anchors: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """(B, K+1) dot products of anchors (B, D) with their own row (column 0) and their negatives.
+
+        `negatives` is (B, K), one set per anchor, or (K,), one set shared by the batch.
+        """
+        rows = self.rows
+        self._rows_saved_for_backward = False
+        if negatives.dim() == 1:  # shared negatives: one (B, D) x (D, K) matmul
+            positive = (anchors * rows[index]).sum(dim=1, keepdim=True)  # (B, 1)
+            return torch.cat([positive, anchors @ rows[negatives].T], dim=1)  # (B, K+1)
+        columns = torch.cat([index[:, None], negatives], dim=1)  # (B, K+1), positive first
+        all_rows = self.score_all_rows
+        if all_rows is None:
+            all_rows = self.num_rows <= ALL_ROWS_FACTOR * negatives.shape[1]
+        if all_rows:
+            self._rows_saved_for_backward = torch.is_grad_enabled() and anchors.requires_grad
+            return (anchors @ rows.T).gather(1, columns)  # (B, N) -> (B, K+1)
+        gathered = rows.index_select(0, columns.flatten()).view(*columns.shape, -1)  # (B, K+1, D)
+        return torch.bmm(gathered, anchors[:, :, None]).squeeze(2)  # (B, K+1, D) x (B, D, 1) -> (B, K+1)
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Move rows `index` (B,) towards `embeddings` (B, D) with momentum and renormalise (no autograd)."""
+        updated = momentum_rows(self.rows[index], embeddings.to(self.rows.dtype), self.momentum)  # (B, D)
+        if self._rows_saved_for_backward:
+            # Autograd holds `rows` for the backward of the (B, N) matmul; an in-place write would corrupt it.
+            self.rows = self.rows.index_copy(0, index, updated)
+            self._rows_saved_for_backward = False
+        else:
+            self.rows.index_copy_(0, index, updated)
+
+
+# ---------------------------------------------------------------------------------- negative sampling
+class ClassIndex(nn.Module):
+    """Buffers that make `exact` sampling a few tensor ops: rows sorted by class, each class's start and size."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int = 0):
+        super().__init__()
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        num_classes = max(num_classes, int(labels.max()) + 1 if labels.numel() else 0)
+        counts = torch.bincount(labels[labels >= 0], minlength=num_classes)  # (C,)
+        unlabeled = int((labels < 0).sum())
+        # Unlabeled rows (-1) sort first, then class 0, 1, ...: class c occupies [start_c, start_c + n_c).
+        starts = unlabeled + torch.cumsum(counts, 0) - counts  # (C,)
+        self.register_buffer("row_labels", labels)  # (N,)
+        self.register_buffer("rows_by_class", torch.argsort(labels, stable=True))  # (N,)
+        self.register_buffer("class_start", starts)  # (C,)
+        self.register_buffer("class_count", counts)  # (C,)
+
+
+def uniform_draws(batch_size: int, k: int, device, generator=None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """(batch_size, k) float64 uniforms in [0, 1): this rank's slice of the draws for the global batch.
+
+    Every rank draws the (world * batch_size, k) block from the same RNG stream and keeps rows
+    [rank * b, (rank + 1) * b), so a run on `world` ranks draws exactly what one process would.
+    """
+    draws = torch.rand(world * batch_size, k, dtype=torch.float64, device=device, generator=generator)
+    return draws[rank * batch_size:(rank + 1) * batch_size]
+
+
+def negatives_from_uniform(uniform: torch.Tensor, index: torch.Tensor, num_rows: int,
+                           classes: Optional[ClassIndex] = None) -> torch.Tensor:
+    """Map uniforms (B, K) in [0, 1) to negative rows (B, K): `relax` if classes is None, else `exact`."""
+    if classes is None:
+        skip_start, skip_count = index, torch.ones_like(index)  # skip the anchor's own row
+        labelled = torch.zeros_like(index, dtype=torch.bool)
+    else:
+        label = classes.row_labels[index]  # (B,)
+        labelled = label >= 0
+        cls = label.clamp(min=0)
+        skip_start = torch.where(labelled, classes.class_start[cls], index)  # (B,)
+        skip_count = torch.where(labelled, classes.class_count[cls], torch.ones_like(index))  # (B,)
+    span = (num_rows - skip_count).to(torch.float64)  # (B,) rows an anchor may draw from
+    draw = (uniform * span[:, None]).long()  # (B, K) in [0, span)
+    draw = torch.minimum(draw, (num_rows - skip_count - 1)[:, None])  # guard against float rounding up to span
+    position = draw + skip_count[:, None] * (draw >= skip_start[:, None])  # (B, K) jump over the skipped block
+    if classes is None:
+        return position
+    return torch.where(labelled[:, None], classes.rows_by_class[position], position)
+
+
+def sample_negatives(index: torch.Tensor, k: int, num_rows: int, classes: Optional[ClassIndex] = None,
+                     generator=None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """K negative rows per anchor (B, K), on index's device: `relax` if classes is None, else `exact`."""
+    uniform = uniform_draws(index.shape[0], k, index.device, generator, rank, world)  # (B, K)
+    return negatives_from_uniform(uniform, index, num_rows, classes)
+
+
+def sample_shared_negatives(k: int, num_rows: int, device, generator=None) -> torch.Tensor:
+    """K rows (K,) uniform over all N rows, one set for the whole batch (masked per anchor by shared_negative_mask)."""
+    uniform = torch.rand(k, dtype=torch.float64, device=device, generator=generator)
+    return (uniform * num_rows).long().clamp_(max=num_rows - 1)
+
+
+def shared_negative_mask(index: torch.Tensor, negatives: torch.Tensor,
+                         classes: Optional[ClassIndex] = None) -> torch.Tensor:
+    """(B, K) True where shared negative k is not one for anchor b: its own row, or (`exact`) a row of its class."""
+    invalid = negatives[None, :] == index[:, None]  # (B, K)
+    if classes is not None:
+        label = classes.row_labels[index]  # (B,)
+        same_class = classes.row_labels[negatives][None, :] == label[:, None]  # (B, K)
+        invalid |= same_class & (label >= 0)[:, None]
+    return invalid
+
+
+# ------------------------------------------------------------------------- normalisation constant Z
+def batch_log_partition(logits: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """log(mean(exp(s / tau)) * N) over the batch's (B, K+1) logits s / tau: the reference's estimate of log Z."""
+    logits = logits.detach()
+    return torch.logsumexp(logits.flatten(), 0) - math.log(logits.numel()) + math.log(num_rows)
+
+
+class PartitionEstimate(nn.Module):
+    """The NCE's normalisation constant Z, kept as log Z in a buffer (state_dict) and never back-propagated.
+
+    `frozen`: Z is the first training batch's estimate, then fixed (the reference code).
+    `ema`: initialised from the first batch, then log Z <- log(m Z + (1 - m) Z_batch) each training step,
+    so Z follows the scores as the heads and memories learn (a frozen Z from random heads goes stale).
+    Under DDP the batch estimate is averaged over ranks (equal batch sizes) so every rank keeps the same Z.
+    """
+
+    def __init__(self, z_estimate: str = "ema", z_momentum: float = 0.99):
+        super().__init__()
+        self.z_estimate = z_estimate
+        self.z_momentum = z_momentum
+        self.register_buffer("log_z", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def forward(self, batch_log_z: torch.Tensor, update: bool) -> torch.Tensor:
+        """log Z to use for this batch, given its estimate; stores the new value when `update` (training)."""
+        batch_log_z = batch_log_z.to(torch.float64)
+        _, world = rank_and_world()
+        if world > 1:  # log of the mean over ranks of Z_batch
+            batch_log_z = torch.logsumexp(gather_across_ranks(batch_log_z.reshape(1)), 0) - math.log(world)
+        if self.z_estimate == "frozen":
+            candidate = self.log_z
+        else:
+            m = self.z_momentum
+            log_m = math.log(m) if m > 0 else -math.inf
+            candidate = torch.logaddexp(self.log_z + log_m, batch_log_z + math.log1p(-m))
+        log_z = torch.where(self.initialised, candidate, batch_log_z)  # first batch: its own estimate
+        if update:
+            self.log_z.copy_(log_z)
+            self.initialised.fill_(True)
+        return log_z
+
+
+# ------------------------------------------------------------------------------------------ objectives
+def nce_loss(log_p: torch.Tensor, noise_ratio: float, invalid: Optional[torch.Tensor] = None,
+             eps: float = 1e-7) -> torch.Tensor:
+    """CRD's NCE loss, Eq. (18) of the paper: -(1/B) sum_b [log h(pos_b) + sum_k log(1 - h(neg_bk))].
+
+    With P = exp(s / tau) / Z the model's probability of a row and noise_ratio = K / N (K noise samples from
+    the uniform noise P_n = 1/N), the critic is h = P / (P + K/N + eps), as in the reference code. `log_p` is
+    log P (B, K+1), positive first; `invalid` (B, K) drops masked (shared) negatives. Computed in log space so
+    that a small tau cannot overflow exp(s / tau).
+    """
+    log_noise = math.log(noise_ratio + eps)
+    # log h = log P - log(P + K/N + eps) and log(1 - h) = log(K/N) - log(P + K/N + eps), written with
+    # logaddexp(a, b) = b + softplus(a - b), which stays finite for any score.
+    log_h_positive = -F.softplus(log_noise - log_p[:, 0])  # (B,)
+    log_not_h_negative = math.log(noise_ratio) - log_noise - F.softplus(log_p[:, 1:] - log_noise)  # (B, K)
+    if invalid is not None:
+        log_not_h_negative = log_not_h_negative.masked_fill(invalid, 0.0)
+    return -(log_h_positive.sum() + log_not_h_negative.sum()) / log_p.shape[0]
+
+
+def infonce_loss(logits: torch.Tensor, invalid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """InfoNCE: cross-entropy of the positive (column 0) among its K+1 logits s / tau (B, K+1), mean over anchors."""
+    if invalid is not None:  # masked negatives get zero probability
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(invalid, -math.inf)], dim=1)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # the positive is column 0
+    return F.cross_entropy(logits, target)
+
+
+def check_choice(key: str, value, choices: tuple) -> None:
+    """Raise a one-line ConfigError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"crd: {key}={value!r} is not one of {', '.join(map(repr, choices))}")

@@ -1,0 +1,166 @@
+"""Contrastive Representation Distillation (Tian, Krishnan, Isola, ICLR 2020), registered as the distiller "crd".
+
+What is implemented (paper Sec. 3.1 and the reference code's behaviour):
+- Heads g_S, g_T: Linear(embedding, feat_dim) + L2 norm on the student's and teacher's `embedding`.
+- Two memories of N = spec.num_samples unit rows (student side, teacher side). The student's embedding of
+  sample i is scored against the teacher memory and vice versa; the anchor's own row (batch["index"]) is
+  its positive, K rows drawn by `mode` are its negatives, and the two terms are summed.
+- `objective="nce"`: with P = exp(g_T(t)'g_S(s) / tau) / Z and uniform noise over the N rows, the critic is
+  h = P / (P + K/N) (the paper's h(T,S) with its N/M ratio = K/N here), and the loss is Eq. (18):
+      L = -E_pos[log h] - K * E_neg[log(1 - h)]   (summed over the K negatives, averaged over anchors).
+  `objective="infonce"`: cross-entropy of the positive among its K+1 scores / tau (Z cancels).
+- Z, the normalisation constant of exp(s/tau): `z_estimate="frozen"` is the reference's
+  Z = mean(exp(s/tau)) * N from the first training batch, kept forever; the default `"ema"` starts there and
+  then follows Z_batch with momentum `z_momentum` (see contrast_memory.PartitionEstimate).
+- After the loss is computed (training mode only), the rows of the batch's samples move towards the new
+  embeddings: row <- normalise(nce_m * row + (1 - nce_m) * embedding), without autograd.
+
+Temperature: the paper's text gives tau = 0.1 for CIFAR and 0.07 for ImageNet; the reference code uses 0.07
+everywhere, which is our default (`nce_t`).
+
+Sampling (`mode`): "exact" draws negatives uniformly from rows of other classes (the reference's default);
+"relax" draws uniformly from every row but the anchor's own, and needs no labels. Note that RepDistiller's
+own "relax" differs (it also swaps the positive for a random same-class row); ours keeps the anchor's row.
+In "exact", anchors whose training label is -1 (unlabeled) fall back to "relax".
+`negatives="shared"` draws one set of K rows for the whole batch (uniform over all rows) and masks, per
+anchor, its own row and (in "exact") its class's rows; the scores become one (B, D) x (D, K) matmul.
+The NCE keeps the K/N noise ratio, so an "exact" anchor sees about K (1 - n_c / N) negatives.
+
+Distributed (DDP): every rank draws the negatives for the global batch and keeps its slice, the memories are
+updated with the embeddings and indices of all ranks (gathered in rank order), and Z estimates are averaged
+over ranks, so every rank's state stays identical and equal to one process on the global batch. This assumes
+the engine's sampler: equal per-rank batches, rank r holding slice [r*b, (r+1)*b), and a shared RNG stream.
+The memories are kept identical by construction: DDP need not broadcast buffers (broadcast_buffers=False).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crossmodal.errors import ConfigError
+from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
+from crossmodal.losses.contrast_memory import (
+    ClassIndex,
+    ContrastMemory,
+    PartitionEstimate,
+    batch_log_partition,
+    check_choice,
+    gather_across_ranks,
+    infonce_loss,
+    nce_loss,
+    rank_and_world,
+    sample_negatives,
+    sample_shared_negatives,
+    shared_negative_mask,
+)
+
+
+class EmbedHead(nn.Module):
+    """Linear projection to feat_dim followed by L2 normalisation (the paper's g_S / g_T)."""
+
+    def __init__(self, dim_in: int, feat_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, feat_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim_in) or (B, ...) -> (B, feat_dim) unit vectors."""
+        return F.normalize(self.linear(x.flatten(1)), dim=1)
+
+
+@register_distiller("crd")
+class CRDLoss(Distiller):
+    """CRD loss with its heads, memories and Z estimates (see the module docstring for the equations)."""
+
+    default_weight = 0.8  # the reference scripts' beta for CRD (alongside ce 1, and kd 1 when combined)
+
+    def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
+                 nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "ema",
+                 z_momentum: float = 0.99, negatives: str = "per_sample"):
+        super().__init__(spec)
+        check_choice("mode", mode, ("exact", "relax"))
+        check_choice("objective", objective, ("nce", "infonce"))
+        check_choice("z_estimate", z_estimate, ("ema", "frozen"))
+        check_choice("negatives", negatives, ("per_sample", "shared"))
+        num_rows = int(spec.num_samples)
+        if num_rows < 2:
+            raise ConfigError(f"crd: the training split has {num_rows} sample(s); CRD needs at least 2")
+        if int(nce_k) < 1 or int(feat_dim) < 1:
+            raise ConfigError(f"crd: nce_k={nce_k} and feat_dim={feat_dim} must be positive integers")
+        if not nce_t > 0:
+            raise ConfigError(f"crd: nce_t={nce_t} must be > 0 (the reference uses 0.07)")
+        if not 0 <= nce_m < 1 or not 0 <= z_momentum < 1:
+            raise ConfigError(f"crd: nce_m={nce_m} and z_momentum={z_momentum} must be in [0, 1)")
+        self.feat_dim, self.nce_k, self.nce_t, self.nce_m = int(feat_dim), int(nce_k), float(nce_t), float(nce_m)
+        self.mode, self.objective, self.negatives = mode, objective, negatives
+        self.num_rows = num_rows
+
+        self.embed_student = EmbedHead(spec.student.embedding, self.feat_dim)
+        self.embed_teacher = EmbedHead(spec.teacher.embedding, self.feat_dim)
+        self.memory_student = ContrastMemory(num_rows, self.feat_dim, self.nce_m)
+        self.memory_teacher = ContrastMemory(num_rows, self.feat_dim, self.nce_m)
+        self.z_student_anchor = PartitionEstimate(z_estimate, z_momentum)
+        self.z_teacher_anchor = PartitionEstimate(z_estimate, z_momentum)
+        self.classes = self._class_index(spec) if mode == "exact" else None
+
+    def _class_index(self, spec: DistillSpec) -> ClassIndex:
+        """Class buffers for `exact` sampling, checked against the memory size."""
+        if spec.train_labels is None:
+            raise ConfigError("crd: mode='exact' needs the training labels (spec.train_labels); "
+                              "use mode='relax' for unlabeled data")
+        labels = torch.as_tensor(spec.train_labels, dtype=torch.long).flatten()
+        if labels.numel() != self.num_rows:
+            raise ConfigError(f"crd: {labels.numel()} training labels for {self.num_rows} memory rows; they must match")
+        classes = ClassIndex(labels, spec.num_classes)
+        if classes.class_count.numel() and int(classes.class_count.max()) >= self.num_rows:
+            raise ConfigError("crd: every training sample has the same class, so mode='exact' has no negatives; "
+                              "use mode='relax'")
+        return classes
+
+    def draw_negatives(self, index: torch.Tensor) -> torch.Tensor:
+        """Negative rows for the anchors `index` (B,): (B, K) per sample, or (K,) shared by the batch."""
+        if self.negatives == "shared":
+            return sample_shared_negatives(self.nce_k, self.num_rows, index.device)
+        rank, world = rank_and_world()
+        return sample_negatives(index, self.nce_k, self.num_rows, self.classes, rank=rank, world=world)
+
+    def forward(self, s_out: dict, t_out: dict, batch: dict, negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scalar CRD loss for the batch; `negatives` (B, K) or (K,) overrides the sampling (tests, benchmarks)."""
+        s_emb, t_emb = s_out["embedding"], t_out["embedding"]
+        # Scores divided by tau = 0.07 and exponentiated need float32: keep the whole loss out of autocast.
+        with torch.autocast(device_type=s_emb.device.type, enabled=False):
+            f_s = self.embed_student(s_emb.float())  # (B, feat_dim)
+            f_t = self.embed_teacher(t_emb.float())  # (B, feat_dim)
+            index = batch["index"].to(device=f_s.device, dtype=torch.long)  # (B,)
+            if negatives is None:
+                negatives = self.draw_negatives(index)
+            invalid = shared_negative_mask(index, negatives, self.classes) if negatives.dim() == 1 else None
+            # Student anchors against the teacher memory, and teacher anchors against the student memory.
+            loss_student = self._term(f_s, index, negatives, invalid, self.memory_teacher, self.z_student_anchor)
+            loss_teacher = self._term(f_t, index, negatives, invalid, self.memory_student, self.z_teacher_anchor)
+            if self.training:
+                self._update_memories(index, f_s.detach(), f_t.detach())
+        return loss_student + loss_teacher
+
+    def _term(self, anchors, index, negatives, invalid, memory: ContrastMemory, z: PartitionEstimate) -> torch.Tensor:
+        """One side's loss: anchors (B, D) scored against `memory`'s rows."""
+        logits = memory.score(anchors, index, negatives) / self.nce_t  # (B, K+1), positive first
+        if self.objective == "infonce":
+            return infonce_loss(logits, invalid)
+        log_z = z(batch_log_partition(logits, self.num_rows), update=self.training).to(logits.dtype)
+        noise_ratio = (logits.shape[1] - 1) / self.num_rows  # K / N
+        return nce_loss(logits - log_z, noise_ratio, invalid)
+
+    @torch.no_grad()
+    def _update_memories(self, index: torch.Tensor, f_s: torch.Tensor, f_t: torch.Tensor) -> None:
+        """Momentum update of the batch's rows in both memories, with every rank's samples."""
+        index, f_s, f_t = gather_across_ranks(index), gather_across_ranks(f_s), gather_across_ranks(f_t)
+        self.memory_student.update(index, f_s)
+        self.memory_teacher.update(index, f_t)
+
+    def extra_repr(self) -> str:
+        """Key settings, shown by print(module)."""
+        return (f"num_rows={self.num_rows}, feat_dim={self.feat_dim}, nce_k={self.nce_k}, nce_t={self.nce_t}, "
+                f"nce_m={self.nce_m}, mode={self.mode!r}, objective={self.objective!r}, negatives={self.negatives!r}")

@@ -1,0 +1,1 @@
+"""Tasks built on the engine: teach (supervised classifier), distill, probe."""

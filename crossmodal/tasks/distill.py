@@ -1,0 +1,309 @@
+"""`distill`: train a student from one or more frozen teachers with CRD and/or other distillers.
+
+Compression, cross-modal transfer and ensembles are one engine with three configs:
+- compression: the teachers and the student read the same modality;
+- cross-modal: they read different modalities of the same sample (the dataset yields both),
+  the student may train without labels (`losses: {crd: 0.8}` on an unlabeled split);
+- ensemble: a list of teachers; a loss with `combines_teachers` (KD) sees all of them at once
+  (averaged probabilities), any other loss gets one instance per teacher (its own CRD heads and
+  memories) and the instances' losses add up (the paper's recipe).
+
+    from crossmodal.config import load_config
+    from crossmodal.tasks.distill import DistillConfig, run_distill
+    summary = run_distill(load_config("configs/cifar100/resnet32x4_resnet8x4_crd.yaml", DistillConfig))
+
+Methods with an init stage (AB, FT, FSP) run it first, through the same engine, in
+<run>/init/ (resumable like any run), training only what the method names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from crossmodal.config import REQUIRED, ModelConfig, RunConfig
+from crossmodal.data.dataset import PreparedDataset
+from crossmodal.data.transforms import PairedAugment
+from crossmodal.engine import ModelMeta, Task, Trainer, load_model, run_dir_for, seed_everything
+from crossmodal.errors import ConfigError
+from crossmodal.losses import DistillSpec, build_distiller, output_shapes
+from crossmodal.losses.base import DISTILLERS, list_distillers
+from crossmodal.modalities import get_modality, in_chans
+from crossmodal.models import build_model
+
+log = logging.getLogger("crossmodal")
+
+
+@dataclass
+class TeacherConfig:
+    """One frozen teacher: its checkpoint (from `teach`) and the modality it reads."""
+
+    checkpoint: str = REQUIRED
+    modality: Optional[str] = None  # default: the modality the teacher was trained on
+
+
+@dataclass
+class DistillConfig(RunConfig):
+    """`crossmodal distill`: the student, its teachers, and the weighted losses."""
+
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    # loss name -> weight (null = the method's reference default weight)
+    losses: dict[str, Optional[float]] = field(default_factory=lambda: {"ce": 1.0, "kd": 1.0, "crd": 0.8})
+    loss_params: dict[str, dict] = field(default_factory=dict)  # loss name -> its keyword parameters
+    init_lr: Optional[float] = None  # lr of the init stage (AB/FT/FSP); default optim.lr
+
+
+class TeacherInput(nn.Module):
+    """Re-normalise a batch tensor from the dataset's stats to the stats a teacher was trained with."""
+
+    def __init__(self, data_stats: dict, teacher_stats: dict):
+        super().__init__()
+        d_mean, d_std = (torch.tensor(data_stats[k]).view(-1, 1, 1) for k in ("mean", "std"))
+        t_mean, t_std = (torch.tensor(teacher_stats[k]).view(-1, 1, 1) for k in ("mean", "std"))
+        # x_teacher = (x * d_std + d_mean - t_mean) / t_std = x * scale + shift
+        self.register_buffer("scale", d_std / t_std, persistent=False)
+        self.register_buffer("shift", (d_mean - t_mean) / t_std, persistent=False)
+        self.identity = bool(torch.allclose(self.scale, torch.ones_like(self.scale))
+                             and torch.allclose(self.shift, torch.zeros_like(self.shift)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.identity else x * self.scale + self.shift
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher network with its input modality and re-normalisation; never trained."""
+
+    def __init__(self, model: nn.Module, modality: str, renorm: TeacherInput, meta: dict):
+        super().__init__()
+        self.model, self.renorm, self.modality, self.meta = model, renorm, modality, meta
+
+    def forward(self, batch: dict) -> dict:
+        return self.model(self.renorm(batch[self.modality]))
+
+
+class DistillTask(Task):
+    """Student + distillers (registered) + frozen teachers (not registered); loss = sum of weighted terms."""
+
+    def __init__(self, student: nn.Module, meta: ModelMeta, teachers: list[FrozenTeacher],
+                 losses: dict[str, nn.ModuleList], weights: dict[str, float], combined: set[str]):
+        super().__init__(student, meta)
+        self._teachers = list(teachers)
+        self.losses = nn.ModuleDict(losses)  # name -> ModuleList (one per teacher, or one combining all)
+        self.weights = dict(weights)
+        self.combined = set(combined)
+        # Losses in their init-only phase return a constant 0 with no graph to some parameters.
+        self.ddp_find_unused_parameters = any(getattr(m, "init_epochs", 0) > 0 for ml in losses.values() for m in ml)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return self._teachers
+
+    def teacher_outputs(self, batch: dict) -> list[dict]:
+        """Outputs of every teacher for `batch` (no graph)."""
+        with torch.no_grad():
+            return [teacher(batch) for teacher in self._teachers]
+
+    def forward(self, batch: dict):
+        """One distillation step: (sum of weighted losses, {name: weighted loss}, student logits)."""
+        s_out = self.model(batch[self.meta.modality])
+        t_outs = self.teacher_outputs(batch) if self._teachers else []
+        total, terms = 0.0, {}
+        for name, modules in self.losses.items():
+            if not modules[0].needs_teacher:
+                value = modules[0](s_out, None, batch)
+            elif name in self.combined:
+                value = modules[0](s_out, t_outs, batch)
+            else:
+                value = sum(m(s_out, t_out, batch) for m, t_out in zip(modules, t_outs))
+            weighted = self.weights[name] * value
+            total = total + weighted
+            terms[name] = weighted.detach()
+        return total, terms, s_out["logits"]
+
+    def evaluation_step(self, batch: dict) -> torch.Tensor:
+        return self.model(batch[self.meta.modality])["logits"]
+
+    def checkpoint_meta(self) -> dict:
+        return {
+            "teachers": [{k: t.meta.get(k) for k in ("path", "sha256", "arch", "epoch")} | {"modality": t.modality}
+                         for t in self._teachers],
+            "losses": dict(self.weights),
+        }
+
+
+class InitStageTask(Task):
+    """The init stage of AB/FT/FSP: the sum of their `init_loss`, training only what they name."""
+
+    def __init__(self, task: DistillTask, names: list[str], trains_student: bool):
+        super().__init__(task.model, task.meta)
+        self._parent = [task]
+        self.stage_losses = nn.ModuleDict({n: task.losses[n] for n in names})
+        self.trains_student = trains_student
+        self.ddp_find_unused_parameters = True
+
+    def frozen_modules(self) -> list[nn.Module]:
+        # A student the stage does not train stays in eval mode: its BatchNorm statistics must not drift.
+        return self._parent[0].frozen_modules() + ([] if self.trains_student else [self.model])
+
+    def forward(self, batch: dict):
+        s_out = self.model(batch[self.meta.modality])
+        t_outs = self._parent[0].teacher_outputs(batch)
+        total, terms = 0.0, {}
+        for name, modules in self.stage_losses.items():
+            value = sum(m.init_loss(s_out, t_out, batch) for m, t_out in zip(modules, t_outs))
+            total = total + value
+            terms[f"init_{name}"] = value.detach()
+        return total, terms, s_out["logits"]
+
+    def evaluation_step(self, batch: dict) -> torch.Tensor:
+        return self.model(batch[self.meta.modality])["logits"]
+
+
+def resolve_weights(cfg: DistillConfig) -> dict[str, float]:
+    """cfg.losses with null weights replaced by each method's reference default weight."""
+    known = list_distillers()
+    if not cfg.losses:
+        raise ConfigError("losses: give at least one loss, e.g. {ce: 1, kd: 1, crd: 0.8}")
+    weights = {}
+    for name, weight in cfg.losses.items():
+        if name not in known:
+            import difflib
+
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"losses.{name}: unknown loss{hint} (known: {', '.join(known)})")
+        weights[name] = float(DISTILLERS[name].default_weight if weight is None else weight)
+    for name in cfg.loss_params:
+        if name not in weights:
+            raise ConfigError(f"loss_params.{name}: {name!r} is not in `losses` ({', '.join(weights)})")
+    return weights
+
+
+def load_teachers(cfg: DistillConfig, train: PreparedDataset) -> list[FrozenTeacher]:
+    """Load every teacher checkpoint, check its modality is in the data, and set up its re-normalisation."""
+    teachers = []
+    for i, t_cfg in enumerate(cfg.teachers):
+        model, meta = load_model(t_cfg.checkpoint)
+        modality = t_cfg.modality or meta["modality"]
+        get_modality(modality)
+        if in_chans(modality) != meta["in_chans"]:
+            raise ConfigError(f"teachers.{i}.modality: {t_cfg.checkpoint} reads {meta['in_chans']} channels, "
+                              f"modality {modality!r} has {in_chans(modality)}")
+        t_stats = meta["stats"].get(modality) or meta["stats"].get(meta["modality"])
+        renorm = TeacherInput(train.stats[modality], t_stats)
+        teachers.append(FrozenTeacher(model, modality, renorm, meta))
+    return teachers
+
+
+def build_distill_task(cfg: DistillConfig, train: PreparedDataset) -> DistillTask:
+    """Student, teachers and distillers for cfg on the training dataset `train`."""
+    weights = resolve_weights(cfg)
+    teachers = load_teachers(cfg, train)
+    needs_teacher = [n for n in weights if DISTILLERS[n].needs_teacher]
+    if needs_teacher and not teachers:
+        raise ConfigError(f"losses {', '.join(needs_teacher)} need a teacher; add `teachers: [{{checkpoint: ...}}]`")
+    student = build_model(cfg.student.arch, in_chans=in_chans(cfg.student.modality), num_classes=train.num_classes)
+    meta = ModelMeta.for_dataset(cfg.student.arch, cfg.student.modality, train, cfg.data.path)
+    sample = train[0]
+    s_shapes = output_shapes(student, in_chans(cfg.student.modality), tuple(sample[cfg.student.modality].shape[-2:]))
+    labels = torch.as_tensor(train.labels, dtype=torch.long)
+    losses, combined = {}, set()
+    for name in weights:
+        params = dict(cfg.loss_params.get(name, {}))
+        cls = DISTILLERS[name]
+        if not cls.needs_teacher:
+            spec = DistillSpec(s_shapes, s_shapes, len(train), train.num_classes, labels)
+            losses[name] = nn.ModuleList([build_distiller(name, spec, **params)])
+            continue
+        specs = []
+        for t in teachers:
+            t_shapes = output_shapes(t.model, in_chans(t.modality), tuple(sample[t.modality].shape[-2:]))
+            specs.append(DistillSpec(s_shapes, t_shapes, len(train), train.num_classes, labels))
+        if cls.combines_teachers:
+            combined.add(name)
+            losses[name] = nn.ModuleList([build_distiller(name, specs[0], **params)])
+        else:
+            losses[name] = nn.ModuleList([build_distiller(name, spec, **params) for spec in specs])
+    return DistillTask(student, meta, teachers, losses, weights, combined)
+
+
+def build_distill_datasets(cfg: DistillConfig):
+    """(train, test) datasets holding the student's and every teacher's modality."""
+    modalities = [cfg.student.modality]
+    for t in cfg.teachers:
+        if t.modality and t.modality not in modalities:
+            modalities.append(t.modality)
+    # Teachers without an explicit modality read their checkpoint's: peek at it without loading weights twice.
+    for i, t in enumerate(cfg.teachers):
+        if not t.modality:
+            from crossmodal.engine import load_checkpoint
+
+            meta = load_checkpoint(t.checkpoint).get("meta") or {}
+            if "modality" not in meta:
+                raise ConfigError(f"teachers.{i}.checkpoint: {t.checkpoint} holds no model metadata")
+            t.modality = meta["modality"]
+            if t.modality not in modalities:
+                modalities.append(t.modality)
+    a = cfg.data.augment
+    augment = PairedAugment(crop=a.crop, padding=a.padding, hflip=a.hflip,
+                            random_resized_crop=a.random_resized_crop, scale=tuple(a.scale))
+    # The student may learn from unlabeled samples (ce ignores label -1); evaluation needs labels.
+    train = PreparedDataset(cfg.data.path, cfg.data.train_split, modalities, augment=augment,
+                            preload=cfg.data.preload, labeled_only=False, seed=cfg.seed)
+    test = PreparedDataset(cfg.data.path, cfg.data.test_split, [cfg.student.modality],
+                           preload=cfg.data.preload, labeled_only=True, seed=cfg.seed)
+    return train, test
+
+
+def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: bool) -> None:
+    """Run the init stage of the losses that have one (AB, FT, FSP) in <run>/init/, unless already done."""
+    stage = {n: ml for n, ml in task.losses.items() if getattr(ml[0], "init_epochs", 0) > 0}
+    if not stage:
+        return
+    run_dir = run_dir_for(cfg)
+    if resume and (run_dir / "last.pt").exists():
+        return  # the main phase has started: its checkpoint holds the initialised state
+    epochs = max(ml[0].init_epochs for ml in stage.values())
+    trains_student = any(getattr(ml[0], "init_trains_student", False) for ml in stage.values())
+    trainable = {id(p) for ml in stage.values() for m in ml for p in m.init_parameters()}
+    if trains_student:
+        trainable |= {id(p) for p in task.model.parameters()}
+    saved = {p: p.requires_grad for p in task.parameters()}
+    for p in task.parameters():
+        p.requires_grad_(id(p) in trainable)
+    init_cfg = dataclasses.replace(
+        cfg, name=f"{cfg.name}/init",
+        optim=dataclasses.replace(cfg.optim, epochs=epochs, schedule="constant", warmup_epochs=0.0,
+                                  lr=cfg.init_lr if cfg.init_lr is not None else cfg.optim.lr))
+    log.info(f"{cfg.name}: init stage of {', '.join(stage)} for {epochs} epochs")
+    init_dir = run_dir_for(init_cfg)
+    done = (init_dir / "summary.json").exists()
+    try:
+        if done:  # finished earlier (e.g. the run was killed before its first main-phase checkpoint)
+            from crossmodal.engine import load_checkpoint
+
+            state = load_checkpoint(init_dir / "last.pt")
+            full = {"model." + k: v for k, v in state["model"].items()}
+            full.update(state["task"])
+            InitStageTask(task, list(stage), trains_student).load_state_dict(full)
+        else:
+            Trainer(InitStageTask(task, list(stage), trains_student), train, test, init_cfg, init_dir,
+                    resume=resume and (init_dir / "last.pt").exists()).fit()
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
+def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
+    """Distill cfg.teachers into cfg.student on cfg.data (continuing <run>/last.pt if `resume`); return the summary."""
+    seed_everything(cfg.seed)
+    train, test = build_distill_datasets(cfg)
+    if len(test) == 0:
+        raise ConfigError(f"{cfg.data.path}: test split {cfg.data.test_split!r} has no labeled sample")
+    task = build_distill_task(cfg, train)
+    run_init_stage(cfg, task, train, test, resume)
+    return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()

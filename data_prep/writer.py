@@ -1,0 +1,412 @@
+"""Write a raw `Source` into one prepared HDF5 file (the back end of `crossmodal prepare`).
+
+The work is a pipeline over blocks of items (see BLOCK_PIXELS). Worker threads decode a block
+(`SplitSource.decode`), resize it (`--size`), derive L/ab from rgb in one OpenCV call, and
+histogram it for the stats; the main thread writes each block with one h5py slice assignment
+per dataset while the workers already decode the next blocks. OpenCV and HDF5 both release
+the GIL, so two cores are both busy.
+
+Storage choices (measured on CIFAR-10 rgb+L+ab; benchmarks/results/prepare_throughput.md):
+- no compression: lzf made writing ~4x slower for a 6 % smaller file, gzip level 1 ~10x slower
+  for 18 %, and random single-sample reads ~2x and ~4x slower: natural images in uint8/float16
+  barely compress.
+- chunks (1, C, H, W), so a training step reads exactly the samples it needs. HDF5 spends
+  ~20 us of CPU per chunk written whatever the index type or cache (measured), which makes it
+  the largest single cost for 32x32 images; it runs on the main thread, beside the decoding.
+
+Stats are exact and order-independent: uint8 and float16 values are counted in per-channel
+histograms (256 or 65,536 bins), float32 depth uses Chan's mean/M2 merge in float64.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from crossmodal import __version__
+from crossmodal.color import rgb_to_lab
+from crossmodal.data.schema import SCHEMA_VERSION, validate
+from crossmodal.errors import ConfigError, DataError
+from crossmodal.modalities import MODALITIES, get_modality
+from data_prep.source import Source, SplitSource
+
+log = logging.getLogger(__name__)
+
+# Items per worker task: enough to amortise per-call overhead, few enough to pipeline and to bound
+# memory (a block's float32 Lab is 12 bytes a pixel). The first blocks are small; later ones hold
+# about BLOCK_PIXELS pixels: 256 CIFAR or STL-10 images, 13 NYU frames at 640x480.
+FIRST_BLOCK_ITEMS, MAX_BLOCK_ITEMS, BLOCK_PIXELS = 16, 256, 1 << 22
+WARN_SKIPPED = 20  # unreadable images warned about one by one; the rest are summarised
+LIST_SKIPPED = 1000  # unreadable file names kept in provenance per split
+DERIVED_FROM = {"L": "rgb", "ab": "rgb"}  # modalities computed from another raw one
+IMAGE_KEYS = ("rgb", "hha")  # uint8 (H, W, 3) record entries
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def available_modalities(raw: set[str]) -> list[str]:
+    """Modalities that can be written from records carrying `raw`, in crossmodal.modalities order."""
+    return [m for m in MODALITIES if m in raw or DERIVED_FROM.get(m) in raw]
+
+
+def fit_record(record: dict, size: int) -> dict:
+    """Resize so the shorter side is `size`, then centre-crop size x size, with one geometry for every key.
+
+    Images: INTER_AREA when shrinking, INTER_LINEAR when enlarging. Segmentation: nearest.
+    Depth: valid-aware, i.e. each output pixel averages the valid (> 0) depths under it and is
+    valid when at least one of them is; holes never blur into measured depth.
+    """
+    h, w = next(v.shape[:2] for k, v in record.items() if k != "label")
+    if (h, w) == (size, size):
+        return record
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    smooth = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+
+    def resize(a: np.ndarray, interpolation: int) -> np.ndarray:
+        out = cv2.resize(a, (new_w, new_h), interpolation=interpolation)
+        return out[top:top + size, left:left + size]
+
+    fitted = {"label": record["label"]}
+    for key, value in record.items():
+        if key in IMAGE_KEYS:
+            fitted[key] = resize(value, smooth)
+        elif key == "segmentation":
+            fitted[key] = resize(value, cv2.INTER_NEAREST)
+        elif key == "depth":
+            valid = (value > 0).astype(np.float32)
+            weight = resize(valid, smooth)
+            total = resize(value * valid, smooth)
+            fitted[key] = np.where(weight > 0, total / np.maximum(weight, 1e-12), 0).astype(np.float32)
+    return fitted
+
+
+def to_float16(plane: np.ndarray) -> np.ndarray:
+    """float32 (rows, W) -> float16, rounded to nearest even exactly like numpy's astype.
+
+    OpenCV's SIMD conversion is ~10x faster than numpy's float16 cast, which has no vector path.
+    """
+    return cv2.multiply(plane, 1.0, dtype=cv2.CV_16F)
+
+
+class ChannelStats:
+    """Exact per-channel mean/std of stored values, accumulated block by block and mergeable."""
+
+    def __init__(self, dtype: str, channels: int):
+        self.dtype, self.channels = dtype, channels
+        self.bins = {"uint8": 256, "float16": 65536}.get(dtype)
+        if self.bins:
+            self.counts = np.zeros((channels, self.bins), np.int64)
+        else:  # float32: Chan et al.'s parallel mean/M2 in float64
+            self.n, self.mean, self.m2 = np.zeros(channels), np.zeros(channels), np.zeros(channels)
+
+    def update(self, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add a (B, C, H, W) block of stored values; `valid` (B, 1, H, W) masks depth holes."""
+        for c in range(self.channels):
+            values = block[:, c]
+            if self.bins:
+                plane = np.ascontiguousarray(values).reshape(-1, block.shape[-1])  # (B*H, W)
+                codes = plane.view(np.uint16) if self.bins == 65536 else plane
+                # cv2.calcHist is ~4x faster than np.bincount; its float32 counts are exact below 2**24
+                step = max(1, (1 << 24) // codes.shape[1])
+                for r in range(0, codes.shape[0], step):
+                    hist = cv2.calcHist([codes[r:r + step]], [0], None, [self.bins], [0, self.bins])
+                    self.counts[c] += hist.ravel().astype(np.int64)
+                continue
+            values = values[valid[:, 0] > 0] if valid is not None else values.ravel()
+            if values.size:
+                mean = values.mean(dtype=np.float64)
+                self._merge(c, values.size, mean, np.square(values - mean).sum())
+
+    def _merge(self, c: int, n: int, mean: float, m2: float) -> None:
+        if n == 0:
+            return
+        total = self.n[c] + n
+        delta = mean - self.mean[c]
+        self.m2[c] += m2 + delta * delta * self.n[c] * n / total
+        self.mean[c] += delta * n / total
+        self.n[c] = total
+
+    def merge(self, other: "ChannelStats") -> None:
+        """Fold another accumulator of the same modality into this one."""
+        if self.bins:
+            self.counts += other.counts
+        else:
+            for c in range(self.channels):
+                self._merge(c, other.n[c], other.mean[c], other.m2[c])
+
+    def result(self, scale: float) -> dict:
+        """{"mean": [...], "std": [...]} per channel in float units (stored value * scale), population std."""
+        if self.bins:
+            values = np.arange(self.bins, dtype=np.uint16 if self.bins == 65536 else np.uint8)
+            values = (values.view(np.float16) if self.bins == 65536 else values).astype(np.float64)
+            finite = np.isfinite(values)
+            counts, values = self.counts[:, finite], values[finite]
+            n = counts.sum(axis=1)
+            mean = counts @ values / np.maximum(n, 1)
+            var = (counts * np.square(values[None, :] - mean[:, None])).sum(axis=1) / np.maximum(n, 1)
+        else:
+            mean, var = self.mean, self.m2 / np.maximum(self.n, 1)
+        return {"mean": (mean * scale).tolist(), "std": (np.sqrt(var) * scale).tolist()}
+
+
+class Block:
+    """One converted block: arrays ready to write, labels, stats partials, and the items skipped."""
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+        self.pixels_per_item = 0  # H * W after fitting, 0 when nothing was readable
+        self.arrays: dict[str, np.ndarray] = {}  # name -> (B, C, H, W), plus segmentation (B, H, W)
+        self.labels = np.zeros(0, np.int64)
+        self.stats: dict[str, ChannelStats] = {}
+        self.skipped: list[str] = []
+
+    @property
+    def rows(self) -> int:
+        """Number of readable items, i.e. rows to write."""
+        return len(self.labels)
+
+
+def _check_same_size(split: str, pairs: list) -> tuple[int, int]:
+    """(H, W) shared by every entry of every record; DataError naming the first item that differs."""
+    first_item, first = pairs[0]
+    h, w = next(v.shape[:2] for k, v in first.items() if k != "label")
+    for item, record in pairs:
+        for key, value in record.items():
+            if key != "label" and value.shape[:2] != (h, w):
+                raise DataError(
+                    f"{item}: {key} is {value.shape[1]}x{value.shape[0]} but {first_item} in split {split!r} is "
+                    f"{w}x{h}; pass --size N to resize every image to NxN")
+    return h, w
+
+
+def _convert_block(items: list, split: SplitSource, modalities: list[str], size: int | None, with_stats: bool) -> Block:
+    """Decode, fit and convert one block of items (runs in a worker thread)."""
+    block = Block(len(items))
+    pairs = []
+    for item in items:
+        try:
+            record = split.decode(item)
+        except OSError as e:  # a reader's I/O failure, not to be mistaken for a failing write
+            raise DataError(f"{item}: could not be read ({e})") from None
+        if record is None:
+            block.skipped.append(str(item))
+            continue
+        pairs.append((item, fit_record(record, size) if size else record))
+    if not pairs:
+        return block
+    h, w = _check_same_size(split.name, pairs)
+    block.pixels_per_item = h * w
+    records = [r for _, r in pairs]
+    arrays = block.arrays
+    if "rgb" in records[0]:
+        rgb = np.stack([r["rgb"] for r in records])  # (B, H, W, 3) uint8
+        if "rgb" in modalities:
+            arrays["rgb"] = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))  # (B, 3, H, W)
+        if "L" in modalities or "ab" in modalities:
+            b, h, w = rgb.shape[:3]
+            planes = cv2.split(rgb_to_lab(rgb).reshape(-1, w, 3))  # L, a, b: 3 x (B*H, W) float32
+            if "L" in modalities:
+                arrays["L"] = to_float16(planes[0]).reshape(b, 1, h, w)
+            if "ab" in modalities:
+                arrays["ab"] = np.stack([to_float16(p).reshape(b, h, w) for p in planes[1:]], axis=1)  # (B, 2, H, W)
+    if "hha" in modalities:
+        arrays["hha"] = np.ascontiguousarray(np.stack([r["hha"] for r in records]).transpose(0, 3, 1, 2))
+    if "depth" in modalities:
+        depth = np.stack([r["depth"] for r in records])[:, None].astype(np.float32)  # (B, 1, H, W)
+        depth[~np.isfinite(depth)] = 0
+        arrays["depth"], arrays["depth_valid"] = depth, (depth > 0).astype(np.uint8)
+    if "segmentation" in records[0]:
+        arrays["segmentation"] = np.stack([r["segmentation"] for r in records]).astype(np.int16)  # (B, H, W)
+    block.labels = np.array([r["label"] for r in records], np.int64)
+    if with_stats:
+        for name in modalities:
+            m = MODALITIES[name]
+            block.stats[name] = ChannelStats(m.dtype, m.channels)
+            block.stats[name].update(arrays[name], arrays.get("depth_valid") if name == "depth" else None)
+    return block
+
+
+class SplitWriter:
+    """Datasets of one split, created from the first block's image size and trimmed to the rows written."""
+
+    def __init__(self, group: h5py.Group, first: Block, capacity: int):
+        self.group, self.capacity, self.rows = group, capacity, 0
+        self.datasets = {}
+        for name, array in first.arrays.items():
+            shape = (capacity,) + array.shape[1:]
+            self.datasets[name] = group.create_dataset(
+                name, shape=shape, maxshape=shape, dtype=array.dtype, chunks=(1,) + array.shape[1:])
+        self.labels = np.full(capacity, -1, np.int64)
+
+    def write(self, block: Block, where: str) -> None:
+        """Append a block's rows with one slice assignment per dataset."""
+        start, stop = self.rows, self.rows + block.rows
+        if stop > self.capacity:
+            raise RuntimeError(f"split {self.group.name}: reader announced {self.capacity} items but gave more")
+        for name, array in block.arrays.items():
+            dataset = self.datasets[name]
+            if array.shape[1:] != dataset.shape[1:]:
+                raise DataError(f"{where}: {name} in split {self.group.name[1:]!r} changes size from "
+                                f"{dataset.shape[1:]} to {array.shape[1:]} at row {start}; pass --size N to resize "
+                                f"every image")
+            dataset[start:stop] = array
+        self.labels[start:stop] = block.labels
+        self.rows = stop
+
+    def finish(self) -> None:
+        """Trim every dataset to the rows written (skipped images leave the tail empty) and store labels."""
+        for dataset in self.datasets.values():
+            if dataset.shape[0] != self.rows:
+                dataset.resize(self.rows, axis=0)
+        self.group.create_dataset("label", data=self.labels[:self.rows])
+
+
+def _blocks_in_order(split: SplitSource, pool: ThreadPoolExecutor, depth: int, convert_args: tuple):
+    """Yield converted blocks in item order while up to `depth` later blocks convert in the pool."""
+    items = iter(split.items)
+    pending = deque()
+    block_items = FIRST_BLOCK_ITEMS
+    while True:
+        while len(pending) < depth:
+            chunk = list(islice(items, block_items))
+            if not chunk:
+                break
+            pending.append(pool.submit(_convert_block, chunk, split, *convert_args))
+        if not pending:
+            return
+        block = pending.popleft().result()
+        if block.pixels_per_item:
+            block_items = max(1, min(MAX_BLOCK_ITEMS, BLOCK_PIXELS // block.pixels_per_item))
+        yield block
+
+
+def _check_request(source: Source, modalities: list[str] | None, out: Path, force: bool, workers: int,
+                   size: int | None) -> list[str]:
+    """Validate the arguments before any work; return the modalities to write (deduplicated, in order)."""
+    offered = available_modalities(source.raw_modalities)
+    if modalities is None:
+        modalities = offered
+    modalities = list(dict.fromkeys(modalities))
+    if not modalities:
+        raise ConfigError("no modality requested; pass e.g. --modalities rgb,L,ab")
+    for name in modalities:
+        get_modality(name)  # unknown name -> one-line error listing the known ones
+        if name not in offered:
+            raise ConfigError(f"modality {name!r} is not available from {source.name} (it gives: {', '.join(offered)})")
+    if size is not None and size < 1:
+        raise ConfigError(f"size must be a positive number of pixels, got {size}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if not source.splits:
+        raise DataError(f"{source.provenance.get('src', source.name)}: no split to write")
+    if not out.parent.is_dir():
+        raise DataError(f"{out}: output folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise DataError(f"{out} is a directory; pass a file name such as {out / 'prepared.h5'}")
+    if out.exists() and not force:
+        raise DataError(f"{out} already exists; pass --force to overwrite it")
+    return modalities
+
+
+def write_prepared(source: Source, out: str | Path, modalities: list[str] | None = None, size: int | None = None,
+                   force: bool = False, workers: int = DEFAULT_WORKERS, strict: bool = False) -> dict:
+    """Write `source` to the HDF5 file `out` (atomically: temp file + rename); return the schema summary.
+
+    `modalities` defaults to all the source can give; `size` resizes (see `fit_record`);
+    unreadable images are skipped and counted, or stop the run with `strict`.
+    """
+    out = Path(out)
+    modalities = _check_request(source, modalities, out, force, workers, size)
+    where = str(source.provenance.get("src", source.name))  # what error messages name
+    stats_split = "train" if any(s.name == "train" for s in source.splits) else source.splits[0].name
+    started = time.perf_counter()
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"  # same folder: the rename is atomic
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
+    # The workers already run blocks in parallel; OpenCV's own thread pool inside each call only
+    # adds overhead on top (calcHist 3x, split 10x slower, measured), so it is off during the run.
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with h5py.File(tmp, "w-") as h5:
+            counts, skipped, stats = {}, {}, {}
+            with tqdm(total=sum(s.count for s in source.splits), unit="img", unit_scale=True, file=sys.stderr,
+                      disable=None, desc=f"prepare {out.name}", mininterval=0.5) as bar:
+                for split in source.splits:
+                    split_stats = stats if split.name == stats_split else None
+                    counts[split.name], skipped[split.name] = _write_split(
+                        h5, split, modalities, size, pool, workers, strict, split_stats, bar, where)
+            provenance = {
+                **source.provenance,
+                "source": source.name,
+                "arguments": {"modalities": modalities, "size": size, "workers": workers, "strict": strict,
+                              "force": force},
+                "counts": counts,
+                "skipped": {name: len(files) for name, files in skipped.items()},
+                "skipped_files": {name: files[:LIST_SKIPPED] for name, files in skipped.items() if files},
+                "stats_split": stats_split,
+                "crossmodal_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            h5.attrs.update({
+                "schema_version": SCHEMA_VERSION,
+                "crossmodal_version": __version__,
+                "source": source.name,
+                "provenance": json.dumps(provenance),
+                "class_names": json.dumps(list(source.class_names)),
+                "stats": json.dumps({name: acc.result(MODALITIES[name].scale) for name, acc in stats.items()}),
+            })
+            summary = validate(h5, out)
+        os.replace(tmp, out)
+        return summary
+    except OSError as e:
+        raise DataError(f"{out}: writing failed ({e}); no file was written; check free space and permissions") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        cv2.setNumThreads(opencv_threads)
+        tmp.unlink(missing_ok=True)
+
+
+def _write_split(h5: h5py.File, split: SplitSource, modalities: list[str], size: int | None,
+                 pool: ThreadPoolExecutor, workers: int, strict: bool, stats: dict | None, bar: tqdm, where: str):
+    """Write one split group; merge its stats into `stats` when given; return (rows, skipped file names)."""
+    group = h5.create_group(split.name)
+    writer, skipped = None, []
+    for block in _blocks_in_order(split, pool, 2 * workers, (modalities, size, stats is not None)):
+        for name in block.skipped:
+            if strict:
+                raise DataError(f"{name}: not a readable image (--strict stops here; without it such files are "
+                                f"skipped and counted)")
+            if len(skipped) < WARN_SKIPPED:
+                log.warning("skipping %s: not a readable image", name)
+            skipped.append(name)
+        if block.rows:
+            writer = writer or SplitWriter(group, block, split.count)
+            writer.write(block, where)
+            for name, partial in block.stats.items():
+                if name in stats:
+                    stats[name].merge(partial)
+                else:
+                    stats[name] = partial
+        bar.update(block.n_items)
+    if writer is None:
+        raise DataError(f"{where}: none of the {split.count} images of split {split.name!r} could be read")
+    if len(skipped) > WARN_SKIPPED:
+        log.warning("skipped %d unreadable images in split %r (listed in the file's provenance)",
+                    len(skipped), split.name)
+    writer.finish()
+    return writer.rows, skipped

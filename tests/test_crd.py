@@ -1,0 +1,369 @@
+"""CRD: equivalence with a plain per-sample version of the paper's algorithm, sampling, state, DDP."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from crossmodal.errors import ConfigError
+from crossmodal.losses.base import DISTILLERS, DistillSpec, OutputShapes
+from crossmodal.losses.contrast_memory import (
+    ClassIndex,
+    ContrastMemory,
+    negatives_from_uniform,
+    sample_negatives,
+    sample_shared_negatives,
+    shared_negative_mask,
+    uniform_draws,
+)
+from crossmodal.losses.crd import CRDLoss
+
+torch.set_num_threads(1)
+
+N, K, B, S_DIM, T_DIM, FEAT = 300, 50, 12, 24, 40, 16
+TAU, MOMENTUM, EPS = 0.07, 0.5, 1e-7
+
+
+def make_labels(num_rows=N, num_classes=7, unlabeled=20, seed=0):
+    """Unbalanced labels with a few unlabeled (-1) rows."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (num_rows,), generator=g)
+    labels[torch.randperm(num_rows, generator=g)[:unlabeled]] = -1
+    return labels
+
+
+def make_spec(labels=None, num_rows=N):
+    shapes = lambda d: OutputShapes(features=[], preact_features=[], embedding=d, num_classes=7)  # noqa: E731
+    return DistillSpec(shapes(S_DIM), shapes(T_DIM), num_rows, 7, labels)
+
+
+def make_crd(seed=0, **params):
+    torch.manual_seed(seed)
+    params = {"feat_dim": FEAT, "nce_k": K, **params}
+    return CRDLoss(make_spec(make_labels()), **params)
+
+
+def make_batch(seed=1, batch_size=B, num_rows=N):
+    g = torch.Generator().manual_seed(seed)
+    s_emb = torch.randn(batch_size, S_DIM, generator=g)
+    t_emb = torch.randn(batch_size, T_DIM, generator=g)
+    index = torch.randperm(num_rows, generator=g)[:batch_size]
+    return s_emb, t_emb, index
+
+
+def run_crd(crd, s_emb, t_emb, index, negatives=None):
+    return crd({"embedding": s_emb}, {"embedding": t_emb}, {"index": index}, negatives=negatives)
+
+
+# ------------------------------------------------------------------ the paper's algorithm, one sample at a time
+def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), objective="nce", invalid=None):
+    """Per-sample CRD as written in the paper / reference: returns loss, Z values and the updated memories."""
+    f_s, f_t = crd.embed_student(s_emb), crd.embed_teacher(t_emb)
+    mem_s, mem_t = crd.memory_student.rows.clone(), crd.memory_teacher.rows.clone()
+    losses, z_out = [], []
+    for anchors, memory, z_given in ((f_s, mem_t, z[0]), (f_t, mem_s, z[1])):
+        scores = []
+        for i in range(len(index)):
+            negs = negatives if negatives.dim() == 1 else negatives[i]
+            rows = torch.cat([index[i:i + 1], negs])  # positive first, then the K negatives
+            scores.append(memory[rows] @ anchors[i] / TAU)  # (K+1,)
+        scores = torch.stack(scores)  # (B, K+1)
+        if objective == "infonce":
+            total = 0.0
+            for i in range(len(index)):
+                row = scores[i] if invalid is None else torch.cat([scores[i, :1], scores[i, 1:][~invalid[i]]])
+                total = total - torch.log_softmax(row, 0)[0]
+            losses.append(total / len(index))
+            continue
+        exp_scores = torch.exp(scores)
+        z_value = z_given if z_given is not None else (exp_scores.mean() * N).item()
+        z_out.append(z_value)
+        p = exp_scores / z_value
+        k, c = negatives.shape[-1], negatives.shape[-1] / N
+        total = 0.0
+        for i in range(len(index)):
+            total = total - torch.log(p[i, 0] / (p[i, 0] + c + EPS))
+            for j in range(k):
+                if invalid is None or not invalid[i, j]:
+                    total = total - torch.log(c / (p[i, 1 + j] + c + EPS))
+        losses.append(total / len(index))
+    with torch.no_grad():
+        for memory, emb in ((mem_s, f_s), (mem_t, f_t)):
+            for i, row in enumerate(index.tolist()):
+                mixed = MOMENTUM * memory[row] + (1 - MOMENTUM) * emb[i]
+                memory[row] = mixed / mixed.norm()
+    return losses[0] + losses[1], z_out, mem_s, mem_t
+
+
+def head_grads(crd):
+    return [p.grad.clone() for p in crd.parameters()]
+
+
+@pytest.mark.parametrize("score_all_rows", [True, False])
+def test_matches_plain_per_sample_algorithm(score_all_rows):
+    crd = make_crd(z_estimate="frozen")
+    for memory in (crd.memory_student, crd.memory_teacher):
+        memory.score_all_rows = score_all_rows
+    s_emb, t_emb, index = make_batch()
+    negatives = sample_negatives(index, K, N, crd.classes)
+    plain_loss, plain_z, plain_mem_s, plain_mem_t = plain_crd_step(crd, s_emb, t_emb, index, negatives)
+    plain_loss.backward()
+    plain_grads = head_grads(crd)
+    crd.zero_grad()
+    loss = run_crd(crd, s_emb, t_emb, index, negatives)
+    loss.backward()
+    assert loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
+    for ours, theirs in zip(head_grads(crd), plain_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(crd.memory_student.rows, plain_mem_s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(crd.memory_teacher.rows, plain_mem_t, rtol=1e-5, atol=1e-6)
+    # Frozen Z is the reference formula, Z = mean(exp(s / tau)) * N over the first batch, then never changes.
+    assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(plain_z[0], rel=1e-5)
+    assert crd.z_teacher_anchor.log_z.exp().item() == pytest.approx(plain_z[1], rel=1e-5)
+    s2, t2, index2 = make_batch(seed=2)
+    negatives2 = sample_negatives(index2, K, N, crd.classes)
+    plain_loss2, _, _, _ = plain_crd_step(crd, s2, t2, index2, negatives2, z=tuple(plain_z))
+    assert run_crd(crd, s2, t2, index2, negatives2).item() == pytest.approx(plain_loss2.item(), rel=1e-5)
+    assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(plain_z[0], rel=1e-5)
+
+
+def test_ema_z_starts_at_first_batch_then_follows_batches():
+    crd = make_crd(z_estimate="ema", z_momentum=0.9)
+    s_emb, t_emb, index = make_batch()
+    negatives = sample_negatives(index, K, N, crd.classes)
+    _, (z_first, _), _, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives)
+    run_crd(crd, s_emb, t_emb, index, negatives)
+    assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(z_first, rel=1e-5)
+    s2, t2, index2 = make_batch(seed=2)
+    negatives2 = sample_negatives(index2, K, N, crd.classes)
+    _, (z_second_batch, _), _, _ = plain_crd_step(crd, s2, t2, index2, negatives2)
+    z_expected = 0.9 * z_first + 0.1 * z_second_batch
+    run_crd(crd, s2, t2, index2, negatives2)
+    assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(z_expected, rel=1e-5)
+    assert z_second_batch != pytest.approx(z_first, rel=1e-3)  # so the check above can tell EMA from frozen
+
+
+def test_infonce_matches_plain_cross_entropy():
+    crd = make_crd(objective="infonce")
+    s_emb, t_emb, index = make_batch()
+    negatives = sample_negatives(index, K, N, crd.classes)
+    plain_loss, _, _, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives, objective="infonce")
+    assert run_crd(crd, s_emb, t_emb, index, negatives).item() == pytest.approx(plain_loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["nce", "infonce"])
+def test_shared_negatives_match_plain_algorithm_with_mask(objective):
+    crd = make_crd(negatives="shared", objective=objective, z_estimate="frozen")
+    s_emb, t_emb, index = make_batch()
+    negatives = sample_shared_negatives(K, N, "cpu")
+    negatives[:3] = index[:3]  # make sure some anchors meet their own row among the shared negatives
+    invalid = shared_negative_mask(index, negatives, crd.classes)
+    assert invalid[torch.arange(3), torch.arange(3)].all()
+    labels = crd.classes.row_labels
+    same_class = (labels[negatives][None, :] == labels[index][:, None]) & (labels[index] >= 0)[:, None]
+    assert torch.equal(invalid, same_class | (negatives[None, :] == index[:, None]))
+    plain_loss, _, plain_mem_s, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives, objective=objective,
+                                                   invalid=invalid)
+    assert run_crd(crd, s_emb, t_emb, index, negatives).item() == pytest.approx(plain_loss.item(), rel=1e-5)
+    torch.testing.assert_close(crd.memory_student.rows, plain_mem_s, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_exact_sampling_never_draws_same_class_and_covers_others_uniformly():
+    labels = make_labels(num_rows=1000, num_classes=10, unlabeled=50)
+    classes = ClassIndex(labels, 10)
+    anchor_class = 3
+    anchors = torch.nonzero(labels == anchor_class).flatten()[:64]
+    torch.manual_seed(0)
+    negatives = sample_negatives(anchors, 4096, 1000, classes)  # (64, 4096)
+    assert negatives.shape == (64, 4096) and negatives.dtype == torch.long
+    assert not (labels[negatives] == anchor_class).any()
+    counts = torch.bincount(negatives.flatten(), minlength=1000).double()
+    others = labels != anchor_class  # includes the unlabeled rows: they are negatives for a labelled anchor
+    expected = negatives.numel() / others.sum().item()
+    assert (counts[~others] == 0).all()
+    assert (counts[others] - expected).abs().max() < 6 * math.sqrt(expected)  # every other row, uniformly
+
+
+def test_unlabeled_anchor_in_exact_mode_samples_like_relax():
+    labels = make_labels(num_rows=200, num_classes=5, unlabeled=10)
+    unlabeled = torch.nonzero(labels < 0).flatten()
+    torch.manual_seed(0)
+    negatives = sample_negatives(unlabeled, 4000, 200, ClassIndex(labels, 5))
+    assert not (negatives == unlabeled[:, None]).any()
+    assert (labels[negatives] == labels[unlabeled][:, None]).any()  # other unlabeled rows are fair game
+    assert torch.bincount(negatives.flatten(), minlength=200).gt(0).sum() == 200
+
+
+def test_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row():
+    index = torch.arange(0, 100, 7)
+    torch.manual_seed(0)
+    negatives = sample_negatives(index, 5000, 100)
+    assert negatives.min() >= 0 and negatives.max() < 100
+    assert not (negatives == index[:, None]).any()
+    for i, row in enumerate(index.tolist()):
+        assert set(negatives[i].tolist()) == set(range(100)) - {row}
+
+
+def test_uniform_edges_map_inside_the_allowed_rows():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, -1])
+    classes = ClassIndex(labels, 3)
+    index = torch.tensor([0, 2, 5, 6])
+    uniform = torch.tensor([[0.0, 1.0 - 2 ** -53]] * 4, dtype=torch.float64)
+    negatives = negatives_from_uniform(uniform, index, 7, classes)
+    assert negatives.tolist() == [[6, 5], [6, 5], [6, 4], [0, 5]]
+
+
+def test_rank_slices_of_draws_equal_the_global_draw():
+    torch.manual_seed(3)
+    whole = uniform_draws(8, 16, "cpu")
+    parts = []
+    for rank in range(2):
+        torch.manual_seed(3)
+        parts.append(uniform_draws(4, 16, "cpu", rank=rank, world=2))
+    assert torch.equal(torch.cat(parts), whole)
+
+
+# ---------------------------------------------------------------------------------- the module as a whole
+def test_gradients_reach_both_heads_and_never_the_memories():
+    crd = make_crd()
+    s_emb, t_emb, index = make_batch()
+    s_emb.requires_grad_(True)
+    loss = run_crd(crd, s_emb, t_emb, index)
+    assert loss.shape == ()
+    loss.backward()
+    assert {name for name, _ in crd.named_parameters()} == {
+        "embed_student.linear.weight", "embed_student.linear.bias",
+        "embed_teacher.linear.weight", "embed_teacher.linear.bias"}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in crd.parameters())
+    assert s_emb.grad.abs().sum() > 0
+    assert not crd.memory_student.rows.requires_grad and not crd.memory_teacher.rows.requires_grad
+
+
+def test_memory_rows_move_only_in_training_and_stay_unit_norm():
+    crd = make_crd()
+    s_emb, t_emb, index = make_batch()
+    before = crd.memory_student.rows.clone()
+    crd.eval()
+    with torch.no_grad():
+        run_crd(crd, s_emb, t_emb, index)
+    assert torch.equal(crd.memory_student.rows, before) and not crd.z_student_anchor.initialised
+    crd.train()
+    run_crd(crd, s_emb, t_emb, index)
+    changed = (crd.memory_student.rows != before).any(dim=1)
+    assert torch.equal(torch.nonzero(changed).flatten(), index.sort().values)
+    torch.testing.assert_close(crd.memory_student.rows[index].norm(dim=1), torch.ones(B))
+
+
+def test_init_memory_is_uniform_in_reference_bounds():
+    rows = ContrastMemory(5000, FEAT).rows
+    bound = 1 / math.sqrt(FEAT / 3)
+    assert rows.min() >= -bound and rows.max() <= bound and rows.min() < -0.95 * bound
+
+
+def test_state_dict_round_trip_gives_the_same_next_loss():
+    crd = make_crd()
+    for seed in (1, 2):
+        run_crd(crd, *make_batch(seed=seed)).backward()
+    restored = make_crd(seed=99)
+    restored.load_state_dict(crd.state_dict())
+    s_emb, t_emb, index = make_batch(seed=3)
+    torch.manual_seed(7)
+    expected = run_crd(crd, s_emb, t_emb, index)
+    torch.manual_seed(7)
+    assert run_crd(restored, s_emb, t_emb, index).item() == expected.item()
+    assert torch.equal(restored.memory_teacher.rows, crd.memory_teacher.rows)
+
+
+def test_autocast_and_small_temperature_keep_the_loss_finite_and_float32():
+    crd = make_crd(nce_t=0.005)
+    s_emb, t_emb, index = make_batch()
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = run_crd(crd, s_emb, t_emb, index)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_registered_as_crd_and_bad_settings_are_one_line_config_errors():
+    assert DISTILLERS["crd"] is CRDLoss and CRDLoss.default_weight == 0.8
+    with pytest.raises(ConfigError, match="mode='exactly'"):
+        make_crd(mode="exactly")
+    with pytest.raises(ConfigError, match="needs the training labels"):
+        CRDLoss(make_spec(labels=None), nce_k=K)
+    with pytest.raises(ConfigError, match="nce_t"):
+        make_crd(nce_t=0)
+    with pytest.raises(ConfigError, match="299 training labels for 300"):
+        CRDLoss(make_spec(labels=make_labels()[:299]), nce_k=K)
+    relax = CRDLoss(make_spec(labels=None), nce_k=K, mode="relax")  # unlabeled data is fine in relax mode
+    assert relax.classes is None
+
+
+# --------------------------------------------------------------------------------------------------- DDP
+DDP_SETTINGS = [dict(mode="exact", negatives="per_sample", z_estimate="ema"),
+                dict(mode="relax", negatives="shared", z_estimate="frozen")]
+
+
+def ddp_step(settings, rank, world):
+    """One CRD training step on this rank's slice of a fixed global batch; returns what must match."""
+    crd = make_crd(seed=0, **settings)
+    s_emb, t_emb, index = make_batch(seed=5, batch_size=8)
+    b = 8 // world
+    part = slice(rank * b, (rank + 1) * b)
+    s_emb = s_emb[part].clone().requires_grad_(True)
+    torch.manual_seed(11)  # the shared RNG stream of all ranks
+    loss = run_crd(crd, s_emb, t_emb[part], index[part])
+    loss.backward()
+    return loss.detach(), head_grads(crd), s_emb.grad, crd
+
+
+def _ddp_worker(rank, world, init_file, out_file):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    results = []
+    for settings in DDP_SETTINGS:
+        loss, grads, input_grad, crd = ddp_step(settings, rank, world)
+        for value in [loss, *grads]:  # what DDP does to gradients (and what we report as the loss): the rank mean
+            dist.all_reduce(value)
+            value /= world
+        parts = [torch.empty_like(input_grad) for _ in range(world)]
+        dist.all_gather(parts, input_grad)
+        # Each rank's loss averages b = B / world anchors, so its input gradients are world times the global ones.
+        results.append({"loss": loss, "grads": grads, "input_grad": torch.cat(parts) / world,
+                        "state": crd.state_dict()})
+    if rank == 0:
+        torch.save(results, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
+    world = 2
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=world)
+    results = torch.load(tmp_path / "out.pt", weights_only=False)
+    for settings, result in zip(DDP_SETTINGS, results):
+        loss, grads, input_grad, crd = ddp_step(settings, 0, 1)
+        assert result["loss"].item() == pytest.approx(loss.item(), rel=1e-5), settings
+        for ours, single in zip(result["grads"], grads):
+            torch.testing.assert_close(ours, single, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(result["input_grad"], input_grad, rtol=1e-4, atol=1e-6)
+        for key, value in crd.state_dict().items():
+            torch.testing.assert_close(result["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: host syncs only show on a GPU")
+@pytest.mark.parametrize("negatives", ["per_sample", "shared"])
+def test_a_cuda_step_never_waits_for_the_host(negatives):
+    crd = make_crd(negatives=negatives).cuda()
+    s_emb, t_emb, index = (x.cuda() for x in make_batch())
+    s_emb.requires_grad_(True)
+    run_crd(crd, s_emb, t_emb, index).backward()  # first step: Z initialised, lazy CUDA setup done
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            run_crd(crd, s_emb, t_emb, index).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,0 +1,193 @@
+"""`distill`: compression, cross-modal, ensemble and init-stage runs end to end on tiny files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import app
+from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig, load_config
+from crossmodal.engine import load_checkpoint, load_model
+from crossmodal.engine.checkpoint import file_sha256
+from crossmodal.errors import ConfigError
+from crossmodal.tasks.distill import DistillConfig, TeacherConfig, TeacherInput, run_distill
+from crossmodal.tasks.teach import run_teach
+
+torch.set_num_threads(1)
+
+
+def small_optim(epochs=1):
+    return OptimConfig(lr=0.05, batch_size=8, epochs=epochs, schedule="constant", weight_decay=0.0)
+
+
+def quiet_engine():
+    return EngineConfig(device="cpu", progress=False, log_every=1000)
+
+
+def teach_teacher(tmp_path, data, modality="rgb", name="teacher", seed=0, arch="resnet8"):
+    """Train a 1-epoch teacher on `modality` and return its best.pt path."""
+    cfg = TeachConfig(name=name, seed=seed, out_dir=str(tmp_path / "runs"), data=DataConfig(path=str(data)),
+                      model=ModelConfig(arch=arch, modality=modality), optim=small_optim(), engine=quiet_engine())
+    run_teach(cfg)
+    return tmp_path / "runs" / name / "best.pt"
+
+
+def distill_cfg(tmp_path, data, teachers, losses, student="resnet8", modality="rgb", name="student",
+                epochs=1, loss_params=None, train_split="train"):
+    return DistillConfig(
+        name=name, out_dir=str(tmp_path / "runs"), data=DataConfig(path=str(data), train_split=train_split),
+        student=ModelConfig(arch=student, modality=modality),
+        teachers=[TeacherConfig(checkpoint=str(t), modality=m) for t, m in teachers],
+        losses=losses, loss_params=loss_params or {}, optim=small_optim(epochs), engine=quiet_engine())
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from conftest import make_prepared
+
+    return make_prepared(tmp_path_factory.mktemp("data"), splits={"train": 32, "test": 16},
+                         modalities=("rgb", "L", "ab"), size=16)
+
+
+@pytest.fixture(scope="module")
+def rgb_teacher(tmp_path_factory, prepared):
+    return teach_teacher(tmp_path_factory.mktemp("teacher"), prepared)
+
+
+def test_compression_crd_kd_records_teacher_and_crd_state(tmp_path, prepared, rgb_teacher):
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "kd": 1.0, "crd": 0.8},
+                      loss_params={"crd": {"nce_k": 16}})
+    summary = run_distill(cfg)
+    run = tmp_path / "runs" / "student"
+    ckpt = load_checkpoint(run / "last.pt")
+    teacher = ckpt["task_meta"]["teachers"][0]
+    assert teacher["sha256"] == file_sha256(rgb_teacher) and teacher["modality"] == "rgb"
+    assert ckpt["task_meta"]["losses"] == {"ce": 1.0, "kd": 1.0, "crd": 0.8}
+    memories = [k for k in ckpt["task"] if k.startswith("losses.crd.")]
+    assert memories, "CRD heads and memories must be saved with the run"
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    for term in ("train_ce", "train_kd", "train_crd"):
+        assert term in header
+    assert 0.0 <= summary["best_test_top1"] <= 100.0
+    # The student is a normal model checkpoint: probe/distill can load it.
+    model, meta = load_model(run / "best.pt")
+    assert meta["arch"] == "resnet8" and meta["modality"] == "rgb"
+
+
+def test_cross_modal_without_labels_trains_L_student_from_rgb_teacher(tmp_path, prepared, rgb_teacher):
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"crd": 1.0}, modality="L",
+                      loss_params={"crd": {"nce_k": 16, "mode": "relax"}})
+    run_distill(cfg)
+    ckpt = load_checkpoint(tmp_path / "runs" / "student" / "last.pt")
+    assert ckpt["meta"]["modality"] == "L" and ckpt["meta"]["in_chans"] == 1
+    rows = (tmp_path / "runs" / "student" / "metrics.csv").read_text().splitlines()
+    assert "train_crd" in rows[0] and "train_ce" not in rows[0]
+
+
+def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_teacher):
+    second = teach_teacher(tmp_path, prepared, modality="L", name="teacher_L", seed=1)
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb"), (second, "L")], {"kd": 0.9, "crd": 0.8, "ce": 0.1},
+                      loss_params={"crd": {"nce_k": 16}})
+    from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
+
+    train, _ = build_distill_datasets(cfg)
+    task = build_distill_task(cfg, train)
+    assert len(task.losses["crd"]) == 2 and len(task.losses["kd"]) == 1
+    batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("rgb", "L", "label", "index")}
+    total, terms, logits = task(batch)
+    assert torch.isclose(total, sum(terms.values()))
+    assert logits.shape == (4, 4)
+    run_distill(cfg)
+    teachers = load_checkpoint(tmp_path / "runs" / "student" / "last.pt")["task_meta"]["teachers"]
+    assert [t["modality"] for t in teachers] == ["rgb", "L"]
+
+
+def test_init_stage_runs_first_and_only_trains_what_it_names(tmp_path, prepared, rgb_teacher):
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "ft": 200.0},
+                      loss_params={"ft": {"init_epochs": 1}})
+    teacher_before = {k: v.clone() for k, v in load_model(rgb_teacher)[0].state_dict().items()}
+    run_distill(cfg)
+    init_run = tmp_path / "runs" / "student" / "init"
+    assert (init_run / "summary.json").exists()
+    init_ckpt = load_checkpoint(init_run / "last.pt")
+    header = (init_run / "metrics.csv").read_text().splitlines()[0]
+    assert "train_init_ft" in header
+    # FT's init stage trains the paraphraser only: the student's weights are untouched by it.
+    from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
+
+    torch.manual_seed(cfg.seed)
+    from crossmodal.engine import seed_everything
+
+    seed_everything(cfg.seed)
+    train, _ = build_distill_datasets(cfg)
+    fresh = build_distill_task(cfg, train)
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(v, init_ckpt["model"][k]), k
+    # ... while the paraphraser it names did learn.
+    paraphraser = [k for k in init_ckpt["task"] if "paraphraser" in k and k.endswith("weight")]
+    assert paraphraser and any(
+        not torch.equal(init_ckpt["task"][k], fresh.state_dict()[k.replace("stage_losses.", "losses.")])
+        for k in paraphraser)
+    # ... and the teacher is never trained.
+    for k, v in load_model(rgb_teacher)[0].state_dict().items():
+        assert torch.equal(v, teacher_before[k])
+
+
+def test_resume_after_interruption_matches_uninterrupted_crd_run(tmp_path, prepared, rgb_teacher):
+    losses, params = {"ce": 1.0, "crd": 0.8}, {"crd": {"nce_k": 16}}
+    full = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full", epochs=2)
+    run_distill(full)
+    part = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part", epochs=1)
+    run_distill(part)
+    resumed = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part",
+                          epochs=2)
+    run_distill(resumed, resume=True)
+    a = load_checkpoint(tmp_path / "runs" / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "runs" / "part" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["task"]:
+        assert torch.equal(a["task"][k], b["task"][k]), k  # CRD memories included
+
+
+def test_teacher_input_renormalises_between_stats():
+    data = {"mean": [0.5, 0.4], "std": [0.2, 0.1]}
+    teacher = {"mean": [0.45, 0.5], "std": [0.25, 0.2]}
+    renorm = TeacherInput(data, teacher)
+    raw = torch.rand(3, 2, 4, 4)
+    x = (raw - torch.tensor(data["mean"]).view(2, 1, 1)) / torch.tensor(data["std"]).view(2, 1, 1)
+    expected = (raw - torch.tensor(teacher["mean"]).view(2, 1, 1)) / torch.tensor(teacher["std"]).view(2, 1, 1)
+    assert torch.allclose(renorm(x), expected, atol=1e-5)
+    assert TeacherInput(data, data).identity
+
+
+def test_config_errors_name_the_key(tmp_path, prepared, rgb_teacher):
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"crdd": 1.0})
+    with pytest.raises(ConfigError, match=r"losses.crdd.*did you mean 'crd'"):
+        run_distill(cfg)
+    cfg = distill_cfg(tmp_path, prepared, [], {"ce": 1.0, "kd": 0.9})
+    with pytest.raises(ConfigError, match="need a teacher"):
+        run_distill(cfg)
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "ab")], {"kd": 1.0})
+    with pytest.raises(ConfigError, match="teachers.0.modality"):
+        run_distill(cfg)
+
+
+def test_cli_distill_from_yaml_and_bad_key_exit_code(tmp_path, prepared, rgb_teacher):
+    config = tmp_path / "d.yaml"
+    config.write_text(json.dumps({
+        "data": {"path": str(prepared)}, "student": {"arch": "resnet8", "modality": "L"},
+        "teachers": [{"checkpoint": str(rgb_teacher), "modality": "rgb"}],
+        "losses": {"ce": 1, "crd": None}, "loss_params": {"crd": {"nce_k": 8}},
+        "optim": {"epochs": 1, "batch_size": 8, "schedule": "constant"}, "engine": {"device": "cpu", "progress": False},
+    }))
+    result = CliRunner().invoke(app, ["distill", str(config), "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    weights = load_checkpoint(tmp_path / "runs" / "d" / "last.pt")["task_meta"]["losses"]
+    assert weights["crd"] == pytest.approx(0.8)  # null weight -> CRD's reference default
+    loaded = load_config(config, DistillConfig)
+    assert loaded.teachers[0].modality == "rgb"
+    result = CliRunner().invoke(app, ["distill", str(config), "--set", "student.archh=resnet8"])
+    assert result.exit_code == 2 and "student.arch" in result.output

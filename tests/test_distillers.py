@@ -1,0 +1,383 @@
+"""The distillers other than CRD: values computed by hand, zeros where theory says so, gradients, registry."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crossmodal.errors import ConfigError
+from crossmodal.losses import DistillSpec, build_distiller, list_distillers, output_shapes
+from crossmodal.losses.ab import boundary_loss
+from crossmodal.losses.at import last_stages
+from crossmodal.losses.cc import rbf_correlation
+from crossmodal.losses.fitnet import hint_regressor
+from crossmodal.losses.fsp import fsp_matrix
+from crossmodal.losses.nst import polynomial_mmd
+from crossmodal.losses.zoo import DEFAULT_WEIGHTS
+
+torch.set_num_threads(1)
+
+OURS = ["ab", "at", "cc", "ce", "fitnet", "fsp", "ft", "kd", "nst", "pkt", "rkd", "sp", "vid"]
+
+
+class TinyNet(nn.Module):
+    """A few-conv network honouring the model output contract (stem first, preact before the ReLU)."""
+
+    def __init__(self, widths: tuple[int, ...], in_chans: int = 3, num_classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1)
+        self.stages = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(widths, widths[1:]))
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        features, preact = [], []
+        for layer in [self.stem, *self.stages]:
+            preact.append(layer(x if not features else features[-1]))
+            features.append(F.relu(preact[-1]))
+        embedding = features[-1].mean((2, 3))
+        return {"logits": self.fc(embedding), "features": features, "preact_features": preact, "embedding": embedding}
+
+
+def make_spec(student, teacher, size=16, in_s=3, in_t=3, n=6):
+    """DistillSpec of two models via the public output_shapes helper."""
+    return DistillSpec(output_shapes(student, in_s, size), output_shapes(teacher, in_t, size), n, 5)
+
+
+@pytest.fixture
+def pair():
+    """Student (1-channel input, 3 maps 16/8/4) and deeper, wider teacher (3-channel input, 4 maps 16/8/4/2)."""
+    torch.manual_seed(0)
+    student, teacher = TinyNet((4, 8, 16), in_chans=1), TinyNet((8, 16, 32, 32))
+    spec = make_spec(student, teacher, in_s=1)
+    batch = {"L": torch.randn(6, 1, 16, 16), "rgb": torch.randn(6, 3, 16, 16),
+             "label": torch.tensor([0, 1, 2, 3, 4, -1]), "index": torch.arange(6)}
+    with torch.no_grad():
+        t_out = teacher(batch["rgb"])
+    return student, teacher, spec, batch, t_out
+
+
+def out(features=None, logits=None, embedding=None, preact=None):
+    """A model output dict with only the fields a test needs."""
+    return {"features": features, "logits": logits, "embedding": embedding, "preact_features": preact}
+
+
+def all_nonzero_grads(params) -> bool:
+    """True if every parameter received a gradient with a non-zero entry."""
+    params = list(params)
+    return bool(params) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def smooth_l1(a: float, b: float) -> float:
+    """Huber loss with beta 1 on two numbers, in plain Python."""
+    d = abs(a - b)
+    return 0.5 * d * d if d < 1 else d - 0.5
+
+
+# ---------------------------------------------------------------- every distiller on a real pair of models
+
+@pytest.mark.parametrize("name", [n for n in OURS if n not in ("fsp",)])
+def test_loss_is_finite_scalar_and_trains_student_and_own_parameters(name, pair):
+    student, _, spec, batch, t_out = pair
+    distiller = build_distiller(name, spec)
+    s_out = student(batch["L"])
+    objective = distiller.init_loss if name == "ab" else distiller.forward  # ab transfers in its init stage
+    loss = objective(s_out, [t_out] if distiller.combines_teachers else t_out, batch)
+    assert loss.shape == () and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    trained = [p for n, p in distiller.named_parameters() if not n.startswith("paraphraser.")]
+    if trained:
+        assert all_nonzero_grads(trained), [n for n, p in distiller.named_parameters() if p.grad is None]
+
+
+@pytest.mark.parametrize("name", ["sp", "pkt", "rkd", "nst"])
+def test_relation_losses_keep_float32_products_under_autocast(name, pair):
+    student, _, spec, batch, t_out = pair
+    with torch.no_grad():
+        s_out = student(batch["L"])
+    distiller = build_distiller(name, spec)
+    reference = distiller(s_out, t_out, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 Gram matrices would be off by ~1e-2
+        mixed = distiller(s_out, t_out, batch)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_default_weights_are_the_reference_betas():
+    expected = {"ce": 1, "kd": 0.9, "fitnet": 100, "at": 1000, "sp": 3000, "cc": 0.02, "vid": 1, "rkd": 1,
+                "pkt": 30000, "ab": 1, "ft": 200, "fsp": 50, "nst": 50}
+    assert {name: DEFAULT_WEIGHTS[name] for name in expected} == pytest.approx(expected)
+    assert set(OURS) <= set(list_distillers())
+
+
+def test_every_registered_distiller_declares_its_own_default_weight():
+    from crossmodal.losses.base import DISTILLERS, Distiller
+
+    # Distiller's fallback 1.0 would silently replace a method's reference weight (crd: 0.8).
+    missing = [name for name, cls in DISTILLERS.items()
+               if not any("default_weight" in vars(k) for k in cls.__mro__ if k is not Distiller)]
+    assert not missing, f"classes that inherit Distiller's fallback default_weight: {missing}"
+
+
+def test_build_distiller_rejects_unknown_parameter_and_name_with_suggestion(pair):
+    spec = pair[2]
+    with pytest.raises(ConfigError, match="no parameter 'temprature'; did you mean 'temperature'"):
+        build_distiller("kd", spec, temprature=4)
+    with pytest.raises(ConfigError, match="unknown loss 'rkdd'; did you mean 'rkd'"):
+        build_distiller("rkdd", spec)
+    with pytest.raises(ConfigError, match="has no parameter 'p'.*accepted: none"):
+        build_distiller("sp", spec, p=2)
+
+
+def test_stage_pairing_aligns_the_deepest_stages_and_needs_one_after_the_stem():
+    assert last_stages(["s0", "s1", "s2"], ["t0", "t1", "t2", "t3"], "at") == [("s1", "t2"), ("s2", "t3")]
+    with pytest.raises(ConfigError, match="'vid' needs at least one stage after the stem"):
+        last_stages(["s0"], ["t0", "t1"], "vid")
+
+
+# ---------------------------------------------------------------- ce
+
+def test_ce_ignores_unlabelled_samples_and_is_zero_without_labels():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [5.0, 1.0, 0.0], [0.5, 0.5, 3.0]], requires_grad=True)
+    ce = build_distiller("ce", None)
+
+    def nll(row, y):
+        return -(row[y] - math.log(sum(math.exp(v) for v in row)))
+
+    rows = logits.tolist()
+    loss = ce(out(logits=logits), None, {"label": torch.tensor([0, -1, 2])})
+    assert loss.item() == pytest.approx((nll(rows[0], 0) + nll(rows[2], 2)) / 2, rel=1e-6)
+    none = ce(out(logits=logits), None, {"label": torch.tensor([-1, -1, -1])})
+    none.backward()
+    assert none.item() == 0.0 and torch.all(logits.grad == 0)
+    assert ce.needs_teacher is False
+
+
+def test_ce_label_smoothing_mixes_in_the_uniform_target():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    ce = build_distiller("ce", None, label_smoothing=0.3)
+    smoothed = ce(out(logits=logits), None, {"label": torch.tensor([0, -1])})
+    row = logits[0].tolist()
+    log_z = math.log(sum(math.exp(v) for v in row))
+    expected = 0.7 * (log_z - row[0]) + 0.3 * sum(log_z - v for v in row) / 3
+    assert smoothed.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ConfigError, match="label_smoothing must be in"):
+        build_distiller("ce", None, label_smoothing=1.5)
+
+
+# ---------------------------------------------------------------- kd
+
+def softmax(row, t):
+    """Softmax of a list at temperature t, in plain Python."""
+    e = [math.exp(v / t) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def kl(p, q):
+    """KL(p || q) of two lists, in plain Python."""
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def test_kd_matches_hand_computed_kl_times_t_squared_and_is_zero_for_identical_logits():
+    s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    t = [[3.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    kd = build_distiller("kd", None)
+    loss = kd(out(logits=torch.tensor(s)), [out(logits=torch.tensor(t))], {})
+    expected = 16 * sum(kl(softmax(tr, 4), softmax(sr, 4)) for sr, tr in zip(s, t)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert kd(out(logits=torch.tensor(s)), out(logits=torch.tensor(s)), {}).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_kd_combines_two_teachers_by_averaging_their_probabilities():
+    s, t1, t2 = [[1.0, 2.0, 0.5]], [[3.0, 0.0, 1.0]], [[-2.0, 4.0, 0.0]]
+    kd = build_distiller("kd", None, temperature=2.0)
+    assert kd.combines_teachers
+    loss = kd(out(logits=torch.tensor(s)), [out(logits=torch.tensor(t1)), out(logits=torch.tensor(t2))], {})
+    mixture = [(a + b) / 2 for a, b in zip(softmax(t1[0], 2), softmax(t2[0], 2))]
+    assert loss.item() == pytest.approx(4 * kl(mixture, softmax(s[0], 2)), rel=1e-5)
+    mean_of_losses = 2 * (kl(softmax(t1[0], 2), softmax(s[0], 2)) + kl(softmax(t2[0], 2), softmax(s[0], 2)))
+    assert loss.item() < mean_of_losses  # convexity: one averaged target, not two competing ones
+
+
+# ---------------------------------------------------------------- at, sp, nst (feature maps)
+
+def test_at_matches_explicit_sums_and_pools_the_larger_map():
+    # One stage after the stem; maps (B=1, C=2, H=1, W=2).
+    s = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])
+    t = torch.tensor([[[[0.0, 1.0]], [[1.0, 1.0]]]])
+    q_s = [(1 + 9) / 2, (4 + 0) / 2]  # mean over channels of squares, per position
+    q_t = [(0 + 1) / 2, (1 + 1) / 2]
+    n_s, n_t = math.hypot(*q_s), math.hypot(*q_t)
+    expected = sum((a / n_s - b / n_t) ** 2 for a, b in zip(q_s, q_t)) / 2
+    stem = torch.zeros(1, 1, 1, 2)
+    shapes = output_shapes(TinyNet((2, 2)), 3, 4)  # stem + one stage, like the maps above
+    spec = DistillSpec(shapes, shapes, 1, 2)
+    at = build_distiller("at", spec)
+    assert at(out([stem, s]), out([stem, t]), {}).item() == pytest.approx(expected, rel=1e-6)
+    assert at(out([stem, s]), out([stem, s]), {}).item() == 0.0
+    big = torch.rand(1, 3, 4, 4)
+    assert at(out([stem, big]), out([stem, t.repeat(1, 1, 2, 1)]), {}).item() == pytest.approx(
+        at(out([stem, F.avg_pool2d(big, 2)]), out([stem, t.repeat(1, 1, 2, 1)]), {}).item(), rel=1e-6)
+
+
+def test_sp_matches_hand_value_and_is_zero_for_identical_features(pair):
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 2, 1, 1)  # G_s = identity
+    t = torch.tensor([[1.0, 1.0], [1.0, 1.0]]).view(2, 2, 1, 1)  # G_t rows all 1/sqrt(2) after normalising
+    r = 1 / math.sqrt(2)
+    sp = build_distiller("sp", pair[2])
+    assert sp(out([s]), out([t]), {}).item() == pytest.approx(2 * ((1 - r) ** 2 + r**2) / 4, rel=1e-6)
+    f = torch.randn(4, 3, 2, 2)
+    assert sp(out([f]), out([f]), {}).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_nst_polynomial_mmd_by_hand_and_zero_for_identical_maps(pair):
+    s = torch.tensor([[1.0, 0.0]]).view(1, 1, 1, 2)
+    t = torch.tensor([[1.0, 0.0], [0.0, 3.0]]).view(1, 2, 1, 2)  # normalised channels e1, e2
+    # k_ss = 1, k_tt = mean([[1, 0], [0, 1]]) = 0.5, k_st = mean([1, 0]) = 0.5
+    assert polynomial_mmd(s, t).item() == pytest.approx(1 + 0.5 - 2 * 0.5)
+    student, _, spec, batch, _ = pair
+    s_out = student(batch["L"])
+    nst = build_distiller("nst", make_spec(student, student, in_s=1, in_t=1))
+    assert nst(s_out, s_out, batch).item() == pytest.approx(0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- rkd, pkt, cc (embeddings)
+
+def test_rkd_distance_and_angle_terms_match_plain_python_on_three_points():
+    s_pts, t_pts = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)], [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0)]
+
+    def distances(p):
+        d = [[math.dist(a, b) for b in p] for a in p]
+        mu = sum(map(sum, d)) / 6  # mean over the 6 ordered pairs i != j
+        return [[v / mu for v in row] for row in d]
+
+    def cosines(p):
+        def unit(a, b):
+            v = (a[0] - b[0], a[1] - b[1])
+            n = math.hypot(*v)
+            return (v[0] / n, v[1] / n) if n else (0.0, 0.0)
+        return [unit(p[i], p[j])[0] * unit(p[k], p[j])[0] + unit(p[i], p[j])[1] * unit(p[k], p[j])[1]
+                for j in range(3) for i in range(3) for k in range(3)]
+
+    d_s, d_t = distances(s_pts), distances(t_pts)
+    distance = sum(smooth_l1(d_s[i][j], d_t[i][j]) for i in range(3) for j in range(3)) / 9
+    angle = sum(smooth_l1(a, b) for a, b in zip(cosines(s_pts), cosines(t_pts))) / 27
+    s, t = out(embedding=torch.tensor(s_pts)), out(embedding=torch.tensor(t_pts))
+    assert build_distiller("rkd", None, angle_weight=0)(s, t, {}).item() == pytest.approx(25 * distance, rel=1e-5)
+    assert build_distiller("rkd", None, distance_weight=0)(s, t, {}).item() == pytest.approx(50 * angle, rel=1e-5)
+    scaled = out(embedding=3 * torch.tensor(s_pts) + 1)  # relations ignore scale and translation
+    assert build_distiller("rkd", None)(s, scaled, {}).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_pkt_matches_plain_python_and_is_zero_for_identical_embeddings():
+    s_pts, t_pts = [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)]
+
+    def conditional(p):
+        k = [[(1 + (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))) / 2 if i != j else 0.0
+              for j, b in enumerate(p)] for i, a in enumerate(p)]
+        return [[v / sum(row) for v in row] for row in k]
+
+    p_s, p_t = conditional(s_pts), conditional(t_pts)
+    eps = 1e-7
+    expected = sum(p_t[i][j] * math.log((p_t[i][j] + eps) / (p_s[i][j] + eps))
+                   for i in range(3) for j in range(3)) / 6
+    pkt = build_distiller("pkt", None)
+    s, t = out(embedding=torch.tensor(s_pts)), out(embedding=torch.tensor(t_pts))
+    assert pkt(s, t, {}).item() == pytest.approx(expected, rel=1e-4)
+    assert pkt(s, s, {}).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_cc_correlation_is_the_taylor_series_of_the_gaussian_kernel():
+    z = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=1)  # cosine 0.6
+    c, g = 0.6, 0.4
+    correlation = rbf_correlation(z, gamma=g, order=2)
+    taylor = math.exp(-2 * g) * (1 + 2 * g * c + (2 * g * c) ** 2 / 2)
+    assert correlation[0, 1].item() == pytest.approx(taylor, rel=1e-6)
+    exact = math.exp(-g * (2 - 2 * c))  # exp(-gamma ||x - y||^2) for unit vectors
+    assert rbf_correlation(z, gamma=g, order=12)[0, 1].item() == pytest.approx(exact, rel=1e-6)
+
+
+# ---------------------------------------------------------------- fitnet, vid (regressors)
+
+@pytest.mark.parametrize("s_shape, t_shape", [((4, 8, 8), (6, 8, 8)), ((4, 8, 8), (6, 4, 4)),
+                                              ((4, 8, 8), (6, 5, 5)), ((4, 4, 4), (6, 8, 8))])
+def test_fitnet_regressor_reaches_the_teacher_shape(s_shape, t_shape):
+    assert hint_regressor(s_shape, t_shape)(torch.randn(2, *s_shape)).shape == (2, *t_shape)
+
+
+def test_fitnet_rejects_impossible_hint_shapes_and_layers(pair):
+    with pytest.raises(ConfigError, match="cannot regress a 4x4 student hint to a 7x7"):
+        hint_regressor((4, 4, 4), (6, 7, 7))
+    with pytest.raises(ConfigError, match="hint_layer 5 is out of range"):
+        build_distiller("fitnet", pair[2], hint_layer=5)
+
+
+def test_vid_starts_at_the_given_variance_and_matches_the_gaussian_nll(pair):
+    student, _, spec, batch, t_out = pair
+    vid = build_distiller("vid", spec, init_pred_var=5.0)
+    for regressor in vid.regressors:  # predict mean 0, so the loss is 0.5 (t^2 / 5 + log 5) per element
+        nn.init.zeros_(regressor.mean[-1].weight)
+        nn.init.zeros_(regressor.mean[-1].bias)
+    s_out = student(batch["L"])
+    # The teacher's last two maps (4x4, 2x2) pair with the student's larger 8x8, 4x4 (pooled down).
+    expected = sum(0.5 * (t.pow(2).mean() / 5.0 + math.log(5.0)) for t in t_out["features"][-2:])
+    assert vid(s_out, t_out, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- ab, fsp, ft (init stages)
+
+def test_ab_boundary_loss_by_hand_and_init_stage_only_by_default(pair):
+    source, target = torch.tensor([2.0, 0.5, -0.5, -2.0]), torch.tensor([1.0, 1.0, -1.0, -1.0])
+    assert boundary_loss(source, target, margin=1.0).item() == pytest.approx(0.5**2 + 0.5**2)
+    student, _, spec, batch, t_out = pair
+    ab = build_distiller("ab", spec)
+    assert ab.init_epochs == 30 and ab.init_trains_student
+    assert {id(p) for p in ab.init_parameters()} == {id(p) for p in ab.connectors.parameters()}
+    s_out = student(batch["L"])
+    assert ab(s_out, t_out, batch).item() == 0.0
+    kept = build_distiller("ab", spec, keep_after_init=True, init_epochs=5)
+    kept.load_state_dict(ab.state_dict())
+    assert kept.init_epochs == 5
+    assert kept(s_out, t_out, batch).item() == pytest.approx(ab.init_loss(s_out, t_out, batch).item())
+
+
+def test_fsp_matrix_by_hand_needs_matching_channels_and_trains_the_student(pair):
+    bottom, top = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2), torch.tensor([3.0, 4.0]).view(1, 1, 1, 2)
+    assert fsp_matrix(bottom, top).tolist() == [[[5.5]]]  # (1*3 + 2*4) / 2
+    student, _, spec, batch, _ = pair
+    with pytest.raises(ConfigError, match=r"student has \[4, 8, 16\], teacher \[8, 16, 32, 32\]"):
+        build_distiller("fsp", spec)
+    teacher = TinyNet((4, 8, 16), in_chans=1)
+    fsp = build_distiller("fsp", make_spec(student, teacher, in_s=1, in_t=1))
+    s_out = student(batch["L"])
+    assert fsp(s_out, teacher(batch["L"]), batch).item() == 0.0  # init stage only, by default
+    assert fsp.init_loss(s_out, s_out, batch).item() == 0.0
+    loss = fsp.init_loss(s_out, teacher(batch["L"]), batch)
+    loss.backward()
+    assert loss.item() > 0 and fsp.init_trains_student and fsp.init_parameters() == []
+    assert all_nonzero_grads([student.stem.weight, *(s.weight for s in student.stages)])
+
+
+def test_ft_init_stage_trains_the_paraphraser_and_main_stage_the_translator(pair):
+    student, _, spec, batch, t_out = pair
+    ft = build_distiller("ft", spec)
+    assert not ft.init_trains_student
+    assert {id(p) for p in ft.init_parameters()} == {id(p) for p in ft.paraphraser.parameters()}
+    ft.init_loss(student(batch["L"]), t_out, batch).backward()
+    assert all_nonzero_grads(ft.paraphraser.parameters())
+    assert all(p.grad is None for p in [*ft.translator.parameters(), *student.parameters()])
+    ft.zero_grad(set_to_none=True)
+    ft(student(batch["L"]), t_out, batch).backward()
+    assert all_nonzero_grads(ft.translator.parameters())
+    assert all(p.grad is None for p in ft.paraphraser.parameters())
+
+
+def test_ft_is_zero_when_the_translator_reproduces_the_teachers_factor(pair):
+    student, _, _, batch, _ = pair
+    s_out = student(batch["L"])
+    ft = build_distiller("ft", make_spec(student, student, in_s=1, in_t=1))
+    ft.translator = copy.deepcopy(ft.paraphraser.encoder)
+    assert ft(s_out, s_out, batch).item() == pytest.approx(0, abs=1e-7)
