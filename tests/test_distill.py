@@ -175,6 +175,19 @@ def test_config_errors_name_the_key(tmp_path, prepared, rgb_teacher):
         run_distill(cfg)
 
 
+def test_kd_refuses_a_teacher_with_other_classes(tmp_path, rgb_teacher):
+    from conftest import make_prepared
+
+    other = make_prepared(tmp_path, splits={"train": 16, "test": 8}, num_classes=3, name="three.h5")
+    cfg = distill_cfg(tmp_path, other, [(rgb_teacher, "rgb")], {"ce": 1.0, "kd": 1.0})
+    with pytest.raises(ConfigError, match="teacher predicts 4 classes, the student 3"):
+        run_distill(cfg)
+    # CRD compares embeddings, so a teacher of other classes is fine (transfer across label sets).
+    ok = distill_cfg(tmp_path, other, [(rgb_teacher, "rgb")], {"ce": 1.0, "crd": 0.8},
+                     loss_params={"crd": {"nce_k": 4}})
+    assert run_distill(ok)["epochs"] == 1
+
+
 def test_cli_distill_from_yaml_and_bad_key_exit_code(tmp_path, prepared, rgb_teacher):
     config = tmp_path / "d.yaml"
     config.write_text(json.dumps({

@@ -35,6 +35,9 @@ class KnowledgeDistillation(Distiller):
         super().__init__(spec)
         if temperature <= 0:
             raise ConfigError(f"loss 'kd': temperature must be > 0, got {temperature}")
+        if spec is not None and spec.student.num_classes != spec.teacher.num_classes:
+            raise ConfigError(f"loss 'kd': the teacher predicts {spec.teacher.num_classes} classes, the student "
+                              f"{spec.student.num_classes}; KD needs the same classes (use crd, which compares embeddings)")
         self.temperature = float(temperature)
 
     def teacher_probs(self, t_out) -> torch.Tensor:

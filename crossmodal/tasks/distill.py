@@ -225,7 +225,9 @@ def build_distill_task(cfg: DistillConfig, train: PreparedDataset) -> DistillTas
             specs.append(DistillSpec(s_shapes, t_shapes, len(train), train.num_classes, labels))
         if cls.combines_teachers:
             combined.add(name)
-            losses[name] = nn.ModuleList([build_distiller(name, specs[0], **params)])
+            # One instance sees every teacher: building it against each teacher checks they all fit.
+            instances = [build_distiller(name, spec, **params) for spec in specs]
+            losses[name] = nn.ModuleList(instances[:1])
         else:
             losses[name] = nn.ModuleList([build_distiller(name, spec, **params) for spec in specs])
     return DistillTask(student, meta, teachers, losses, weights, combined)

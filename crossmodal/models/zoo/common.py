@@ -42,6 +42,17 @@ def run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return F.relu(preact), preact
 
 
+def run_stem_and_stages(stem_preact: torch.Tensor, stages: nn.ModuleList) -> tuple[list, list]:
+    """ReLU the stem's pre-activation, run each stage; return (features, preact_features), stem first."""
+    x = F.relu(stem_preact)
+    features, preact_features = [x], [stem_preact]
+    for stage in stages:
+        x, preact = run_stage(stage, x)
+        features.append(x)
+        preact_features.append(preact)
+    return features, preact_features
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's shuffle: channel j of group k moves to j*groups + k, so the next grouped conv sees every group."""
     b, c, h, w = x.shape

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.models.registry import register_model
-from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stage
+from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stem_and_stages
 
 EXPANSION = 4
 
@@ -64,12 +64,8 @@ class ResNetBottleneck(ZooModel):
 
     def forward(self, x: torch.Tensor) -> dict:
         preact = self.bn1(self.conv1(x))
-        x = F.relu(preact)
-        features, preact_features = [x], [preact]
-        for stage in self.stages:
-            x, preact = run_stage(stage, x)
-            features.append(x)
-            preact_features.append(preact)
+        features, preact_features = run_stem_and_stages(preact, self.stages)
+        x = features[-1]
         return self._output(features, preact_features, global_avg_pool(x))
 
 

@@ -17,7 +17,7 @@ from crossmodal.models.zoo.common import (
     global_avg_pool,
     init_weights,
     reject_params,
-    run_stage,
+    run_stem_and_stages,
 )
 
 STEM_CHANNELS = 24
@@ -92,12 +92,8 @@ class ShuffleNetV2(ZooModel):
 
     def forward(self, x: torch.Tensor) -> dict:
         preact = self.stem(x)
-        x = F.relu(preact)
-        features, preact_features = [x], [preact]
-        for stage in self.stages:
-            x, preact = run_stage(stage, x)
-            features.append(x)
-            preact_features.append(preact)
+        features, preact_features = run_stem_and_stages(preact, self.stages)
+        x = features[-1]
         return self._output(features, preact_features, global_avg_pool(F.relu(self.last_conv(x))))
 
 
