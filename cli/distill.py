@@ -35,5 +35,6 @@ def distill(config, overrides, resume):
     finally:
         cleanup_distributed()
     if os.environ.get("RANK", "0") == "0":
-        click.echo(f"{cfg.name}: best test top-1 {summary['best_test_top1']:.2f}% (epoch {summary['best_epoch']}), "
-                   f"checkpoints in {summary['run_dir']}")
+        from cli.options import summary_line
+
+        click.echo(summary_line(cfg.name, summary))

@@ -66,3 +66,11 @@ def configure_logging() -> None:
     from crossmodal.engine.logging import get_logger
 
     get_logger().setLevel(logging.INFO)
+
+
+def summary_line(name: str, summary: dict) -> str:
+    """The one line a finished run prints: best test top-1 (when there is a test split) and where it wrote."""
+    if summary["best_test_top1"] is None:
+        return f"{name}: trained {summary['epochs']} epochs (no labeled test split), checkpoints in {summary['run_dir']}"
+    return (f"{name}: best test top-1 {summary['best_test_top1']:.2f}% (epoch {summary['best_epoch']}), "
+            f"checkpoints in {summary['run_dir']}")

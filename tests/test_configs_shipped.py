@@ -11,12 +11,15 @@ from crossmodal.losses import list_distillers
 from crossmodal.modalities import MODALITIES
 from crossmodal.models import list_models
 from crossmodal.tasks.distill import DistillConfig, resolve_weights
+from crossmodal.tasks.probe import ProbeConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
 
 def schema_of(path: Path):
     raw = yaml.safe_load(path.read_text())
+    if "method" in raw or "checkpoint" in raw:
+        return ProbeConfig
     return DistillConfig if "student" in raw or "teachers" in raw else TeachConfig
 
 
@@ -32,7 +35,9 @@ def test_shipped_config_validates(path):
     schema = schema_of(path)
     cfg = load_config(path, schema)
     models = set(list_models())
-    if schema is TeachConfig:
+    if schema is ProbeConfig:
+        assert cfg.method in ("linear", "finetune", "dense") and cfg.checkpoint
+    elif schema is TeachConfig:
         arch_ok = cfg.model.arch in models or cfg.model.arch.startswith("timm:")
         assert arch_ok and cfg.model.modality in MODALITIES
     else:

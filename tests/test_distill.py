@@ -204,3 +204,17 @@ def test_cli_distill_from_yaml_and_bad_key_exit_code(tmp_path, prepared, rgb_tea
     assert loaded.teachers[0].modality == "rgb"
     result = CliRunner().invoke(app, ["distill", str(config), "--set", "student.archh=resnet8"])
     assert result.exit_code == 2 and "student.arch" in result.output
+
+
+def test_rgb_to_depth_without_any_label_trains_and_keeps_latest_as_best(tmp_path, rgb_teacher):
+    from conftest import make_prepared
+
+    rgbd = make_prepared(tmp_path, splits={"unlabeled": 16}, modalities=("rgb", "depth"), name="rgbd.h5")
+    cfg = distill_cfg(tmp_path, rgbd, [(rgb_teacher, "rgb")], {"crd": 1.0}, modality="depth", epochs=2,
+                      loss_params={"crd": {"nce_k": 8, "mode": "relax"}}, train_split="unlabeled")
+    cfg.data.test_split = "unlabeled"
+    summary = run_distill(cfg)
+    assert summary["best_test_top1"] is None and summary["best_epoch"] == 2
+    run = tmp_path / "runs" / "student"
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    assert "test_top1" not in (run / "metrics.csv").read_text().splitlines()[0]

@@ -177,9 +177,9 @@ class Trainer:
         self.train_loader = DataLoader(_EpochTagged(self.train_dataset), batch_size=local_batch,
                                        sampler=_EpochTaggedSampler(self.train_sampler),
                                        generator=torch.Generator().manual_seed(cfg.seed), **common)
-        self.test_loader = DataLoader(self.test_dataset, batch_size=local_batch,
-                                      sampler=ShardSampler(len(self.test_dataset), dist.rank, dist.world_size),
-                                      **common)
+        self.test_loader = None if self.test_dataset is None else DataLoader(
+            self.test_dataset, batch_size=local_batch,
+            sampler=ShardSampler(len(self.test_dataset), dist.rank, dist.world_size), **common)
         self.steps_per_epoch = self.train_sampler.num_batches
 
     def _autocast(self):
@@ -276,7 +276,7 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 row = self._train_epoch(epoch, logger)
                 last = epoch + 1 == cfg.optim.epochs
-                if (epoch + 1) % cfg.engine.eval_every == 0 or last:
+                if self.test_loader is not None and ((epoch + 1) % cfg.engine.eval_every == 0 or last):
                     self._sync_buffers()
                     row.update(self.evaluate())
                 row["epoch_time_s"] = time.perf_counter() - epoch_start
@@ -380,9 +380,10 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict, last: bool, logger: RunLogger) -> None:
         """Record the epoch, update best, write checkpoints and logs (rank 0)."""
         self.metrics.append(row)
-        improved = "test_top1" in row and row["test_top1"] > self.best_top1
+        # Without a test split (unlabeled cross-modal data) the latest weights are the best we know.
+        improved = row["test_top1"] > self.best_top1 if "test_top1" in row else self.test_loader is None
         if improved:
-            self.best_top1, self.best_epoch = row["test_top1"], epoch + 1
+            self.best_top1, self.best_epoch = row.get("test_top1", -1.0), epoch + 1
         if self.dist.is_main:
             save_last = (epoch + 1) % self.cfg.engine.save_every == 0 or last
             if save_last or improved:
@@ -400,7 +401,9 @@ class Trainer:
         return {
             "name": self.cfg.name, "run_dir": str(self.run_dir),
             "arch": self.task.meta.arch, "modality": self.task.meta.modality,
-            "epochs": len(self.metrics), "best_test_top1": self.best_top1, "best_epoch": self.best_epoch,
+            "epochs": len(self.metrics),
+            "best_test_top1": self.best_top1 if self.test_loader is not None else None,
+            "best_epoch": self.best_epoch if self.test_loader is not None else len(self.metrics),
             "final_test_top1": final.get("test_top1"), "final_test_top5": final.get("test_top5"),
             "final_train_top1": final.get("train_top1"),
             "images_per_s": sum(rates) / len(rates) if rates else None,

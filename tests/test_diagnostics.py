@@ -1,0 +1,111 @@
+"""Teacher-student diagnostics: linear CKA, logit-correlation difference (CRD Fig. 2), `probe compare`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import app
+from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
+from crossmodal.probe.diagnostics import (correlation_difference, linear_cka, logit_correlation,
+                                          plot_correlation_difference)
+from crossmodal.tasks.teach import run_teach
+
+torch.set_num_threads(1)
+
+
+def test_cka_of_a_representation_with_itself_is_one():
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_is_invariant_to_orthogonal_transform_and_isotropic_scaling():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 12, generator=g)
+    y = x @ torch.randn(12, 8, generator=g) + 0.5 * torch.randn(300, 8, generator=g)  # related, not equal
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    base = linear_cka(x, y)
+    assert 0.2 < base < 0.99
+    assert linear_cka(x, y.double() @ q) == pytest.approx(base, abs=1e-9)
+    assert linear_cka(7.5 * x, 0.01 * y) == pytest.approx(base, abs=1e-9)
+    assert linear_cka(x + 3.0, y - 2.0) == pytest.approx(base, abs=1e-9)  # centring removes offsets
+    # ... but not to anisotropic scaling, which changes which directions dominate.
+    assert abs(linear_cka(x * torch.linspace(0.1, 10, 12), y) - base) > 1e-3
+
+
+def test_cka_of_independent_random_features_is_small():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4000, 10, generator=g), torch.randn(4000, 10, generator=g)
+    assert linear_cka(x, y) < 0.02
+
+
+def test_logit_correlation_matches_numpy_corrcoef():
+    logits = torch.randn(50, 5, generator=torch.Generator().manual_seed(3))
+    expected = np.corrcoef(logits.numpy(), rowvar=False)
+    assert np.allclose(logit_correlation(logits).numpy(), expected, atol=1e-10)
+
+
+def test_correlation_difference_is_zero_for_per_class_affine_logits_and_positive_otherwise():
+    g = torch.Generator().manual_seed(4)
+    teacher = torch.randn(100, 6, generator=g)
+    student = teacher * torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5, 4.0]) + torch.arange(6.0)  # same correlations
+    assert correlation_difference(teacher, student).abs().max() < 1e-6  # float32 rounding of the affine map
+    # Student whose classes 0 and 1 become copies of each other: their correlation goes to 1.
+    student = teacher.clone()
+    student[:, 1] = student[:, 0]
+    diff = correlation_difference(teacher, student)
+    expected = abs(np.corrcoef(teacher[:, 0], teacher[:, 1])[0, 1] - 1.0)
+    assert diff[0, 1].item() == pytest.approx(expected, abs=1e-9)
+    assert diff.shape == (6, 6) and torch.allclose(diff, diff.T)
+
+
+def test_heatmap_png_is_written(tmp_path):
+    diff = correlation_difference(torch.randn(40, 4), torch.randn(40, 4))
+    path = plot_correlation_difference(diff.float(), tmp_path / "sub" / "diff.png", [f"c{i}" for i in range(4)])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
+
+
+def _teacher(tmp_path, data, name, modality="rgb", seed=0):
+    cfg = TeachConfig(name=name, seed=seed, out_dir=str(tmp_path / "runs"), data=DataConfig(path=str(data)),
+                      model=ModelConfig(arch="resnet8", modality=modality),
+                      optim=OptimConfig(lr=0.05, batch_size=8, epochs=1, schedule="constant"),
+                      engine=EngineConfig(device="cpu", progress=False, log_every=1000))
+    run_teach(cfg)
+    return tmp_path / "runs" / name / "best.pt"
+
+
+def test_cli_compare_writes_json_heatmap_and_report(tmp_path, make_prepared):
+    data = make_prepared(splits={"train": 32, "test": 24}, modalities=("rgb", "L"))
+    teacher = _teacher(tmp_path, data, "t_rgb")
+    student = _teacher(tmp_path, data, "s_L", modality="L", seed=1)
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, ["probe", "compare", "--teacher", str(teacher), "--student", str(student),
+                                      "--data", str(data), "--out-dir", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["samples"] == 24 and summary["student_modality"] == "L"
+    assert 0.0 < summary["mean_abs_correlation_difference"] < 2.0
+    assert 0.0 <= summary["cka_embedding"] <= 1.0
+    assert (out / "correlation_difference.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert "correlation_difference.png" in report and f"{summary['cka_embedding']:.4f}" in report
+    # A network compared with itself: no correlation difference, CKA 1.
+    result = CliRunner().invoke(app, ["probe", "compare", "--teacher", str(teacher), "--student", str(teacher),
+                                      "--data", str(data), "--out-dir", str(tmp_path / "self"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    same = json.loads((tmp_path / "self" / "compare.json").read_text())
+    assert same["mean_abs_correlation_difference"] < 1e-6 and same["cka_embedding"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cli_compare_refuses_different_class_counts(tmp_path, make_prepared):
+    data4 = make_prepared(splits={"train": 32, "test": 8}, modalities=("rgb",), num_classes=4)
+    data6 = make_prepared(splits={"train": 36, "test": 8}, modalities=("rgb",), num_classes=6)
+    a, b = _teacher(tmp_path, data4, "a"), _teacher(tmp_path, data6, "b")
+    result = CliRunner().invoke(app, ["probe", "compare", "--teacher", str(a), "--student", str(b),
+                                      "--data", str(data4), "--out-dir", str(tmp_path / "x"), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "4 classes" in result.output and "6" in result.output
