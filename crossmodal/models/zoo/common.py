@@ -42,6 +42,13 @@ def run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return F.relu(preact), preact
 
 
+def shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """Residual shortcut: identity, or 1x1 conv + BN when the shape changes (ResNet option B)."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
 def run_stem_and_stages(stem_preact: torch.Tensor, stages: nn.ModuleList) -> tuple[list, list]:
     """ReLU the stem's pre-activation, run each stage; return (features, preact_features), stem first."""
     x = F.relu(stem_preact)

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.models.registry import register_model
-from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stem_and_stages
+from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stem_and_stages, shortcut
 
 
 class BasicBlock(nn.Module):
@@ -22,11 +22,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
+        self.shortcut = shortcut(in_planes, planes, stride)
 
     def preact(self, x: torch.Tensor) -> torch.Tensor:
         """Residual sum before the final ReLU."""

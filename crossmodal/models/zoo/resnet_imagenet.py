@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.models.registry import register_model
-from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stem_and_stages
+from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stem_and_stages, shortcut
 
 EXPANSION = 4
 
@@ -27,11 +27,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
-            )
+        self.shortcut = shortcut(in_planes, out_planes, stride)
 
     def preact(self, x: torch.Tensor) -> torch.Tensor:
         """Residual sum before the final ReLU."""
