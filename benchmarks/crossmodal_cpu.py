@@ -7,11 +7,11 @@ benchmark continues), then writes a markdown table. Each step is a command a use
     crossmodal prepare imagefolder ../shared/data/imagenette2-96.tgz --out data/imagenette.h5 --modalities rgb,L,ab
     crossmodal teach configs/cpu/imagenette_L_mobilenetv3.yaml
     crossmodal distill configs/cpu/imagenette_L_to_ab_{crd,kd}.yaml
-    crossmodal probe linear --checkpoint runs/imagenette_L_to_ab_crd/best.pt --data data/imagenette.h5 --random-init
+    crossmodal probe linear --checkpoint runs/imagenette_L_to_ab_crd/last.pt --data data/imagenette.h5 --random-init
     crossmodal prepare rgbd ../shared/data/nyu18 --out data/nyu18.h5 --modalities rgb,depth --size 96
     crossmodal teach configs/cpu/imagenette_rgb_mobilenetv3.yaml
     crossmodal distill configs/cpu/nyu18_rgb_to_depth_crd.yaml
-    crossmodal probe dense configs/probe/nyu18_depth_dense.yaml --checkpoint runs/nyu18_rgb_to_depth_crd/best.pt
+    crossmodal probe dense configs/probe/nyu18_depth_dense.yaml --checkpoint runs/nyu18_rgb_to_depth_crd/last.pt
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main() -> None:
     for method in ("crd", "kd"):
         cmds.append(step(["crossmodal", "distill", f"configs/cpu/imagenette_L_to_ab_{method}.yaml"],
                          runs / f"imagenette_L_to_ab_{method}" / "summary.json"))
-        cmds.append(step(["crossmodal", "probe", "linear", "--checkpoint", f"runs/imagenette_L_to_ab_{method}/best.pt",
+        cmds.append(step(["crossmodal", "probe", "linear", "--checkpoint", f"runs/imagenette_L_to_ab_{method}/last.pt",
                           "--data", "data/imagenette.h5", "--modality", "ab", "--name", f"ab_{method}_linear"]
                          + (["--random-init"] if method == "crd" else []),
                          runs / "probe" / f"ab_{method}_linear" / "results.json"))
@@ -71,7 +71,7 @@ def main() -> None:
     cmds.append(step(["crossmodal", "distill", "configs/cpu/nyu18_rgb_to_depth_crd.yaml"],
                      runs / "nyu18_rgb_to_depth_crd" / "summary.json"))
     cmds.append(step(["crossmodal", "probe", "dense", "configs/probe/nyu18_depth_dense.yaml", "--checkpoint",
-                      "runs/nyu18_rgb_to_depth_crd/best.pt", "--name", "nyu18_depth_dense"],
+                      "runs/nyu18_rgb_to_depth_crd/last.pt", "--name", "nyu18_depth_dense"],
                      runs / "probe" / "nyu18_depth_dense" / "results.json"))
 
     import torch

@@ -77,13 +77,18 @@ def test_compression_crd_kd_records_teacher_and_crd_state(tmp_path, prepared, rg
 
 
 def test_cross_modal_without_labels_trains_L_student_from_rgb_teacher(tmp_path, prepared, rgb_teacher):
-    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"crd": 1.0}, modality="L",
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"crd": 1.0}, modality="L", epochs=2,
                       loss_params={"crd": {"nce_k": 16, "mode": "relax"}})
     run_distill(cfg)
     ckpt = load_checkpoint(tmp_path / "runs" / "student" / "last.pt")
     assert ckpt["meta"]["modality"] == "L" and ckpt["meta"]["in_chans"] == 1
     rows = (tmp_path / "runs" / "student" / "metrics.csv").read_text().splitlines()
     assert "train_crd" in rows[0] and "train_ce" not in rows[0]
+    from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
+
+    assert not build_distill_task(cfg, build_distill_datasets(cfg)[0]).select_best_by_accuracy
+    # No loss trains the classifier head, so best.pt is the latest epoch, not the luckiest head.
+    assert load_checkpoint(tmp_path / "runs" / "student" / "best.pt")["epoch"] == 2
 
 
 def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_teacher):
@@ -95,6 +100,7 @@ def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_te
     train, _ = build_distill_datasets(cfg)
     task = build_distill_task(cfg, train)
     assert len(task.losses["crd"]) == 2 and len(task.losses["kd"]) == 1
+    assert task.select_best_by_accuracy  # kd and ce train the classifier head
     batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("rgb", "L", "label", "index")}
     total, terms, logits = task(batch)
     assert torch.isclose(total, sum(terms.values()))

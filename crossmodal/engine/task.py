@@ -32,6 +32,8 @@ Rules the engine relies on:
   optimiser, the checkpoint and DDP ignore them, and run them under torch.no_grad(); the
   engine leaves their requires_grad flags alone.
 - `meta` (ModelMeta) tells load_model how to rebuild `self.model` from a checkpoint.
+- `select_best_by_accuracy` (default True): best.pt is the epoch with the best test top-1; a task
+  whose classifier head no loss trains (label-free distillation) sets it False: best = latest.
 """
 from __future__ import annotations
 

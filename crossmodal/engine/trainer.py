@@ -380,8 +380,11 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict, last: bool, logger: RunLogger) -> None:
         """Record the epoch, update best, write checkpoints and logs (rank 0)."""
         self.metrics.append(row)
-        # Without a test split (unlabeled cross-modal data) the latest weights are the best we know.
-        improved = row["test_top1"] > self.best_top1 if "test_top1" in row else self.test_loader is None
+        if self.test_loader is None or not getattr(self.task, "select_best_by_accuracy", True):
+            # No test split, or a head no loss trains (label-free distillation): the latest weights are the best.
+            improved = True
+        else:
+            improved = "test_top1" in row and row["test_top1"] > self.best_top1
         if improved:
             self.best_top1, self.best_epoch = row.get("test_top1", -1.0), epoch + 1
         if self.dist.is_main:

@@ -18,6 +18,7 @@ class CrossEntropy(Distiller):
     """Mean cross-entropy over the labelled samples of the batch (optional label smoothing)."""
 
     needs_teacher = False
+    trains_logits = True
     default_weight = 1.0
 
     def __init__(self, spec: DistillSpec, label_smoothing: float = 0.0):

@@ -29,6 +29,7 @@ class KnowledgeDistillation(Distiller):
     """Hinton's KD at temperature T; averages the probabilities of several teachers."""
 
     combines_teachers = True
+    trains_logits = True
     default_weight = 0.9
 
     def __init__(self, spec: DistillSpec, temperature: float = 4.0):

@@ -96,6 +96,8 @@ class DistillTask(Task):
         self.losses = nn.ModuleDict(losses)  # name -> ModuleList (one per teacher, or one combining all)
         self.weights = dict(weights)
         self.combined = set(combined)
+        # Test top-1 only means something when a loss trains the student's classifier head.
+        self.select_best_by_accuracy = any(ml[0].trains_logits and self.weights[n] > 0 for n, ml in losses.items())
         # Losses in their init-only phase return a constant 0 with no graph to some parameters.
         self.ddp_find_unused_parameters = any(getattr(m, "init_epochs", 0) > 0 for ml in losses.values() for m in ml)
 
