@@ -64,7 +64,7 @@ def main() -> None:
             run_dir = out / name
             cmd = ["crossmodal", command, config, "--out-dir", args.out_dir, "--name", name, "--seed", str(seed)]
             if command == "distill":
-                cmd += ["--set", f"teachers.0.checkpoint={teacher / 'best.pt'}"]
+                cmd += ["--set", f"teachers.0.checkpoint={args.out_dir}/cifar10_resnet20/best.pt"]
             if not (run_dir / "summary.json").exists():
                 run(cmd + (["--resume"] if (run_dir / "last.pt").exists() else []))
             rows.append((f"resnet8 {method} (seed {seed})", " ".join(cmd[1:]),
