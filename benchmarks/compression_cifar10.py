@@ -58,6 +58,7 @@ def main() -> None:
         run(["crossmodal", "teach", "configs/cpu/cifar10_resnet20.yaml", "--out-dir", args.out_dir]
             + (["--resume"] if (teacher / "last.pt").exists() else []))
     rows = [("teacher resnet20", "teach configs/cpu/cifar10_resnet20.yaml", json.loads((teacher / "summary.json").read_text()))]
+    per_method: dict[str, list[float]] = {method: [] for method, _, _ in STUDENTS}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for method, command, config in STUDENTS:
             name = f"{Path(config).stem}_s{seed}"
@@ -67,8 +68,9 @@ def main() -> None:
                 cmd += ["--set", f"teachers.0.checkpoint={args.out_dir}/cifar10_resnet20/best.pt"]
             if not (run_dir / "summary.json").exists():
                 run(cmd + (["--resume"] if (run_dir / "last.pt").exists() else []))
-            rows.append((f"resnet8 {method} (seed {seed})", " ".join(cmd[1:]),
-                         json.loads((run_dir / "summary.json").read_text())))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            rows.append((f"resnet8 {method} (seed {seed})", " ".join(cmd[1:]), summary))
+            per_method[method].append(summary["final_test_top1"])
     import torch
 
     lines = [
@@ -90,6 +92,12 @@ def main() -> None:
     for label, cmd, s in rows:
         lines.append(f"| {label} | {s['final_test_top1']:.2f} | {s['best_test_top1']:.2f} | "
                      f"{s['images_per_s']:.0f} | {s['train_time_s'] / 60:.1f} min | `crossmodal {cmd}` |")
+    lines += ["", "Final test top-1 over seeds (mean +- population std):", "",
+              "| student resnet8 | seeds | mean | std |", "|---|---|---|---|"]
+    for method, values in per_method.items():
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        lines.append(f"| {method} | {len(values)} | {mean:.2f} | {std:.2f} |")
     lines += ["", f"Reproduce: `python -m benchmarks.compression_cifar10 --seeds {args.seeds}`", ""]
     path = REPO / args.results
     tmp = path.with_suffix(".tmp")
