@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from crossmodal.config import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 STUDENTS = [
@@ -99,10 +101,7 @@ def main() -> None:
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         lines.append(f"| {method} | {len(values)} | {mean:.2f} | {std:.2f} |")
     lines += ["", f"Reproduce: `python -m benchmarks.compression_cifar10 --seeds {args.seeds}`", ""]
-    path = REPO / args.results
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(REPO / args.results, "\n".join(lines))
     print("\n".join(lines))
 
 

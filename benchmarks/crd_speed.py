@@ -24,7 +24,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from crossmodal.config import atomic_write_text
 from crossmodal.losses.base import DistillSpec, OutputShapes
 from crossmodal.losses.contrast_memory import init_memory_rows
 from crossmodal.losses.crd import CRDLoss, EmbedHead
@@ -314,10 +314,7 @@ def main(argv=None):
                 print(lines[-1], flush=True)
     report = "\n".join(lines) + "\n"
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write(report)
-        os.replace(tmp.name, args.out)
+        atomic_write_text(args.out, report)
     else:
         print(report)
 

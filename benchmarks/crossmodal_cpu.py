@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from crossmodal.config import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
@@ -104,10 +106,7 @@ def main() -> None:
         lines.append(f"| {label} | {row['pixel_acc']:.2f} | {row['miou']:.2f} |")
     lines += ["", "Commands, in order:", ""] + [f"    {' '.join(c)}" for c in cmds]
     lines += ["", "Reproduce: `python -m benchmarks.crossmodal_cpu`", ""]
-    path = REPO / args.results
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(REPO / args.results, "\n".join(lines))
     print("\n".join(lines))
 
 

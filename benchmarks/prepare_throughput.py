@@ -23,6 +23,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from crossmodal.config import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "cifar10.tar.gz"
 RESULTS = REPO / "benchmarks" / "results" / "prepare_throughput.md"
@@ -167,9 +169,7 @@ def main() -> None:
             print(f"{row['filter']}: write {row['write']:.2f} s, {row['mb']:.0f} MB, "
                   f"read {row['read_ms']:.3f} ms/sample")
     text = report(runs, args.src, others, compression)
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    atomic_write_text(RESULTS, text)
     print(f"wrote {RESULTS}")
 
 

@@ -12,26 +12,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from conftest import make_prepared  # noqa: E402
 from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig  # noqa: E402
 from crossmodal.engine import load_checkpoint  # noqa: E402
-from crossmodal.models.registry import MODELS  # noqa: E402
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill  # noqa: E402
 from crossmodal.tasks.teach import run_teach  # noqa: E402
-from test_engine import TINY_MODELS, register_tiny_models  # noqa: E402
+from test_engine import register_tiny_models, tiny_models  # noqa: E402,F401  (autouse fixture)
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def tiny_models():
-    register_tiny_models()
-    yield
-    for name in TINY_MODELS:
-        MODELS.pop(name, None)
 
 
 def distill_config(data: Path, teacher: Path, out_dir: Path) -> DistillConfig:

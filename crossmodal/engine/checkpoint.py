@@ -87,6 +87,13 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     return model, meta
 
 
+def task_state(ckpt: dict) -> dict:
+    """The full Task.state_dict of a checkpoint: its "model" entries under `model.` plus the rest ("task")."""
+    state = {"model." + k: v for k, v in ckpt["model"].items()}
+    state.update(ckpt["task"])
+    return state
+
+
 def capture_rng() -> dict:
     """The torch RNG states (CPU, and every CUDA device if initialised), as tensors."""
     state = {"torch": torch.get_rng_state()}

@@ -226,9 +226,7 @@ class Trainer:
         if saved_arch != self.task.meta.arch:
             raise ConfigError(f"{path}: was trained as {saved_arch!r}, the config asks for "
                               f"{self.task.meta.arch!r}; resume with the run's own config.yaml")
-        full = {"model." + k: v for k, v in state["model"].items()}
-        full.update(state["task"])
-        self.task.load_state_dict(full)
+        self.task.load_state_dict(ckpt_io.task_state(state))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:

@@ -258,14 +258,13 @@ def build_distill_datasets(cfg: DistillConfig):
     # The student may learn from unlabeled samples (ce ignores label -1); evaluation needs labels.
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, modalities, augment=augment,
                             preload=cfg.data.preload, labeled_only=False, seed=cfg.seed)
+    # Rows labelled -1 are ignored by the engine's evaluation, so the split is read once, as it is.
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, [cfg.student.modality],
                            preload=cfg.data.preload, seed=cfg.seed)
     if not (test.labels >= 0).any():
         # RGB-D frames carry no image label: no test accuracy; `crossmodal probe dense` evaluates the student.
         log.info(f"{cfg.data.path}: split {cfg.data.test_split!r} has no labels; training without test accuracy")
         return train, None
-    test = PreparedDataset(cfg.data.path, cfg.data.test_split, [cfg.student.modality],
-                           preload=cfg.data.preload, labeled_only=True, seed=cfg.seed)
     return train, test
 
 
@@ -294,12 +293,10 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
     done = (init_dir / "summary.json").exists()
     try:
         if done:  # finished earlier (e.g. the run was killed before its first main-phase checkpoint)
-            from crossmodal.engine import load_checkpoint
+            from crossmodal.engine.checkpoint import load_checkpoint, task_state
 
-            state = load_checkpoint(init_dir / "last.pt")
-            full = {"model." + k: v for k, v in state["model"].items()}
-            full.update(state["task"])
-            InitStageTask(task, list(stage), trains_student).load_state_dict(full)
+            state = task_state(load_checkpoint(init_dir / "last.pt"))
+            InitStageTask(task, list(stage), trains_student).load_state_dict(state)
         else:
             Trainer(InitStageTask(task, list(stage), trains_student), train, test, init_cfg, init_dir,
                     resume=resume and (init_dir / "last.pt").exists()).fit()
