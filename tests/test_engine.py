@@ -362,13 +362,17 @@ def test_resume_after_a_crash_ends_with_the_uninterrupted_weights(tmp_path):
 # ----------------------------------------------------------------------------- DDP
 
 
-def test_ddp_matches_single_process(tmp_path):
-    """2 gloo processes (torchrun) with global batch 8 end with the weights of 1 process with batch 8."""
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ddp_matches_single_process(tmp_path, nproc):
+    """N gloo processes (torchrun) with global batch 8 end with the weights of 1 plain process with batch 8.
+
+    nproc 1 runs the DDP path (process group, DistributedDataParallel) with a single process, as
+    `torchrun --nproc_per_node 1` does on a one-GPU machine."""
     data = make_prepared(tmp_path)
     single = make_cfg(data, tmp_path / "single", epochs=2, milestones=[1])
     make_trainer(single).fit()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            __file__, str(data), str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -379,17 +383,18 @@ def test_ddp_matches_single_process(tmp_path):
     rows_b = read_metrics(tmp_path / "ddp" / "run" / "metrics.csv")
     assert rows_b[-1]["test_top1"] == rows_a[-1]["test_top1"]
     assert rows_b[-1]["train_loss"] == pytest.approx(rows_a[-1]["train_loss"], rel=1e-4)
-    assert json.loads((tmp_path / "ddp" / "run" / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "ddp" / "run" / "summary.json").read_text())["world_size"] == nproc
 
 
 def _ddp_worker(data: str, out_dir: str) -> None:
     """Body of one torchrun process: check the gather helper, then train like the single-process run."""
     register_tiny_models()
     cfg = make_cfg(Path(data), Path(out_dir), epochs=2, milestones=[1])
-    trainer = make_trainer(cfg)  # joins the process group
-    rank = trainer.dist.rank
+    trainer = make_trainer(cfg)  # joins the process group, also with one process
+    rank, world = trainer.dist.rank, trainer.dist.world_size
+    assert trainer.dist.distributed and torch.distributed.is_initialized()
     gathered = all_gather_concat(torch.full((2, 3), float(rank)))
-    assert gathered[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0], gathered
+    assert gathered[:, 0].tolist() == [float(r) for r in range(world) for _ in range(2)], gathered
     trainer.fit()
     torch.distributed.destroy_process_group()
 

@@ -32,6 +32,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    distributed: bool = False  # launched by torchrun: a process group is joined (also with one process)
 
     @property
     def is_main(self) -> bool:
@@ -40,8 +41,12 @@ class DistInfo:
 
 
 def launched_by_torchrun() -> bool:
-    """True when torchrun's environment (WORLD_SIZE > 1) asks for a multi-process job."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when torchrun's environment (WORLD_SIZE, RANK, MASTER_ADDR) is set, also for a 1-process job.
+
+    `torchrun --nproc_per_node 1` thus runs the DDP path (process group, DistributedDataParallel), which
+    checks that path on a one-GPU machine; a plain `python -m cli ...` stays single-process.
+    """
+    return all(key in os.environ for key in ("WORLD_SIZE", "RANK", "MASTER_ADDR"))
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -52,7 +57,7 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")), distributed=True)
 
 
 def cleanup_distributed() -> None:

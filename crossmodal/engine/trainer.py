@@ -122,14 +122,14 @@ class Trainer:
         engine = cfg.engine
         device = resolve_device(engine.device)
         self.dist: DistInfo = init_distributed(device)
-        if device.type == "cuda" and self.dist.world_size > 1:
+        if device.type == "cuda" and self.dist.distributed:
             device = torch.device("cuda", self.dist.local_rank)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         self.device = device
         if engine.precision == "fp16" and device.type != "cuda":
             raise ConfigError(f"engine.precision fp16 needs CUDA (device is {device}); use bf16 or fp32")
-        if engine.sync_bn and self.dist.world_size > 1 and device.type != "cuda":
+        if engine.sync_bn and self.dist.distributed and device.type != "cuda":
             raise ConfigError("engine.sync_bn needs CUDA (SyncBatchNorm); on CPU/gloo use a model without BatchNorm")
         self._configure_determinism(engine.deterministic)
 
@@ -147,7 +147,7 @@ class Trainer:
     def _prepare_modules(self) -> None:
         """Place the task and the frozen modules; SyncBN, channels_last, compile, DDP as configured."""
         engine, task = self.cfg.engine, self.task
-        if engine.sync_bn and self.dist.world_size > 1:
+        if engine.sync_bn and self.dist.distributed:
             nn.SyncBatchNorm.convert_sync_batchnorm(task)
         memory_format = torch.channels_last if engine.channels_last else torch.preserve_format
         task.to(self.device, memory_format=memory_format)
@@ -156,7 +156,7 @@ class Trainer:
         if engine.compile:
             task.model.compile()  # in place: state_dict keys stay those of the plain model
         self.step_module = task
-        if self.dist.world_size > 1:
+        if self.dist.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # Buffers (BN statistics, CRD memories) are not broadcast every step: memories stay equal
             # by construction and BN statistics are synchronised before evaluation and saving.
@@ -263,8 +263,9 @@ class Trainer:
         if is_main:
             save_config(cfg, self.run_dir / "config.yaml")
             what = f"resuming after epoch {start_epoch}" if start_epoch else "starting"
+            ddp = f" (DDP, {torch.distributed.get_backend()})" if self.dist.distributed else ""
             log.info(f"{cfg.name}: {what}; seed {cfg.seed}, device {self.device}, world size "
-                     f"{self.dist.world_size}, {self.steps_per_epoch} steps/epoch, run dir {self.run_dir}")
+                     f"{self.dist.world_size}{ddp}, {self.steps_per_epoch} steps/epoch, run dir {self.run_dir}")
         # A resumed run drops the TensorBoard events logged after its checkpoint.
         purge_step = start_epoch * self.steps_per_epoch + 1 if start_epoch else None
         logger = RunLogger(self.run_dir, enabled=is_main, purge_step=purge_step)

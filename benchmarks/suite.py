@@ -1,0 +1,72 @@
+"""The paper's experiments, one after another, on real data (../shared/data), CPU-sized.
+
+    python -m benchmarks.suite --jobs 2            # the whole suite: about 3 hours on 2 cores from scratch
+    python -m benchmarks.suite --quick --jobs 2    # smoke run of every experiment: under 5 minutes
+    python -m benchmarks.suite --only ensemble,ablation
+
+Each experiment is also runnable alone (`python -m benchmarks.<name>`); a finished step is never rerun, so
+a killed suite continues where it stopped. The suite writes benchmarks/results/suite.md (runs/quick/results/
+under --quick): each experiment's command, wall time and exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+
+from benchmarks.common import REPO, machine_line
+from crossmodal.config import atomic_write_text
+
+# (experiment, arguments), in an order that respects what they share: compression trains the teachers
+# that transfer (Tiny-ImageNet-100), ablation (CIFAR-10) and ensemble (the vanilla resnet8 runs) reuse.
+EXPERIMENTS = [
+    ("compression", ["--dataset", "tinyimagenet100", "--seeds", "0,1"]),
+    ("transfer", []),
+    ("crossmodal_imagenette", []),
+    ("rgbd_nyu18", []),
+    ("compression", ["--dataset", "cifar10", "--seeds", "0,1"]),
+    ("ensemble", []),
+    ("ablation", []),
+]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, results under runs/quick/")
+    ap.add_argument("--jobs", type=int, default=1, help="commands each experiment runs at once")
+    ap.add_argument("--only", default="", help="comma-separated experiment names (default: all)")
+    args = ap.parse_args(argv)
+    only = {name for name in args.only.split(",") if name}
+    unknown = only - {name for name, _ in EXPERIMENTS}
+    if unknown:
+        ap.error(f"--only: unknown experiment(s) {sorted(unknown)}; known: {sorted({n for n, _ in EXPERIMENTS})}")
+    rows, started = [], time.perf_counter()
+    for name, extra in EXPERIMENTS:
+        if only and name not in only:
+            continue
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", *extra, "--jobs", str(args.jobs)]
+        cmd += ["--quick"] if args.quick else []
+        print(f"\n##### {shlex.join(cmd[1:])}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run(cmd, cwd=REPO).returncode
+        rows.append((shlex.join(["python", *cmd[1:]]), time.perf_counter() - start, code))
+    total = time.perf_counter() - started
+    lines = ["# Benchmark suite" + (" (--quick smoke run)" if args.quick else ""), "",
+             f"Machine: {machine_line()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Wall time counts "
+             "only the steps this invocation ran: steps whose outputs existed were skipped.", "",
+             "| experiment | wall time | exit |", "|---|---|---|"]
+    lines += [f"| `{cmd}` | {seconds / 60:.1f} min | {code} |" for cmd, seconds, code in rows]
+    lines += ["", f"Total: {total / 60:.1f} min. Reproduce: `python -m benchmarks.suite "
+              f"{'--quick ' if args.quick else ''}--jobs {args.jobs}`", ""]
+    out = REPO / ("runs/quick/results" if args.quick else "benchmarks/results") / "suite.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "\n".join(lines))
+    print("\n".join(lines))
+    return sum(1 for _, _, code in rows if code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
