@@ -58,17 +58,24 @@ def run_crd(crd, s_emb, t_emb, index, negatives=None):
 
 
 # ------------------------------------------------------------------ the paper's algorithm, one sample at a time
-def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), objective="nce", invalid=None):
-    """Per-sample CRD as written in the paper / reference: returns loss, Z values and the updated memories."""
+def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), objective="nce", invalid=None,
+                   positive="memory"):
+    """Per-sample CRD as written in the paper / reference: returns loss, Z values and the updated memories.
+
+    positive="batch" scores each anchor's positive against the other side's embedding of the same sample
+    in this batch (a constant, like a memory row) instead of its memory row."""
     f_s, f_t = crd.embed_student(s_emb), crd.embed_teacher(t_emb)
     mem_s, mem_t = crd.memory_student.rows.clone(), crd.memory_teacher.rows.clone()
     losses, z_out = [], []
-    for anchors, memory, z_given in ((f_s, mem_t, z[0]), (f_t, mem_s, z[1])):
+    for anchors, others, memory, z_given in ((f_s, f_t, mem_t, z[0]), (f_t, f_s, mem_s, z[1])):
         scores = []
         for i in range(len(index)):
             negs = negatives if negatives.dim() == 1 else negatives[i]
             rows = torch.cat([index[i:i + 1], negs])  # positive first, then the K negatives
-            scores.append(memory[rows] @ anchors[i] / TAU)  # (K+1,)
+            vectors = memory[rows]
+            if positive == "batch":
+                vectors = torch.cat([others[i:i + 1].detach(), vectors[1:]])
+            scores.append(vectors @ anchors[i] / TAU)  # (K+1,)
         scores = torch.stack(scores)  # (B, K+1)
         if objective == "infonce":
             total = 0.0
@@ -127,6 +134,32 @@ def test_matches_plain_per_sample_algorithm(score_all_rows):
     plain_loss2, _, _, _ = plain_crd_step(crd, s2, t2, index2, negatives2, z=tuple(plain_z))
     assert run_crd(crd, s2, t2, index2, negatives2).item() == pytest.approx(plain_loss2.item(), rel=1e-5)
     assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(plain_z[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("negatives_kind", ["per_sample", "shared"])
+def test_batch_positive_matches_plain_algorithm(negatives_kind):
+    """positive="batch": the positive is the other side's embedding of the sample in this batch, not its memory row."""
+    crd = make_crd(z_estimate="frozen", positive="batch", negatives=negatives_kind)
+    s_emb, t_emb, index = make_batch()
+    if negatives_kind == "shared":
+        negatives = sample_shared_negatives(K, N, index.device)
+        invalid = shared_negative_mask(index, negatives, crd.classes)
+    else:
+        negatives, invalid = sample_negatives(index, K, N, crd.classes), None
+    plain_loss, _, plain_mem_s, plain_mem_t = plain_crd_step(crd, s_emb, t_emb, index, negatives, invalid=invalid,
+                                                             positive="batch")
+    plain_loss.backward()
+    plain_grads = head_grads(crd)
+    crd.zero_grad()
+    loss = run_crd(crd, s_emb, t_emb, index, negatives)
+    loss.backward()
+    assert loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
+    for ours, theirs in zip(head_grads(crd), plain_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(crd.memory_teacher.rows, plain_mem_t, rtol=1e-5, atol=1e-6)
+    # The memory positive (a random row before the sample's first visit) gives another loss on the same batch.
+    memory_positive = make_crd(z_estimate="frozen", negatives=negatives_kind)
+    assert run_crd(memory_positive, s_emb, t_emb, index, negatives).item() != pytest.approx(loss.item(), rel=1e-3)
 
 
 def test_ema_z_starts_at_first_batch_then_follows_batches():
@@ -290,6 +323,8 @@ def test_registered_as_crd_and_bad_settings_are_one_line_config_errors():
     assert DISTILLERS["crd"] is CRDLoss and CRDLoss.default_weight == 0.8
     with pytest.raises(ConfigError, match="mode='exactly'"):
         make_crd(mode="exactly")
+    with pytest.raises(ConfigError, match="positive='fresh'"):
+        make_crd(positive="fresh")
     with pytest.raises(ConfigError, match="needs the training labels"):
         CRDLoss(make_spec(labels=None), nce_k=K)
     with pytest.raises(ConfigError, match="nce_t"):

@@ -12,6 +12,12 @@ What is implemented (paper Sec. 3.1 and the reference code's behaviour):
 - Z, the normalisation constant of exp(s/tau): `z_estimate="frozen"` is the reference's
   Z = mean(exp(s/tau)) * N from the first training batch, kept forever; the default `"ema"` starts there and
   then follows Z_batch with momentum `z_momentum` (see contrast_memory.PartitionEstimate).
+- `positive="memory"` (the reference's): the anchor's positive is its own row of the other side's memory, i.e.
+  the other network's embedding of the sample from the last epoch it was seen in, and a random unit vector
+  before its first visit. With `positive="batch"` the positive is the other side's embedding of the same sample
+  in this batch (detached, like a memory row), as in the paper's critic h(T(x_i), S(x_i)); the negatives still
+  come from the memory. Runs shorter than a few passes over the data (every first visit scores a random
+  positive under "memory") are where they differ; see benchmarks/ablation.py.
 - After the loss is computed (training mode only), the rows of the batch's samples move towards the new
   embeddings: row <- normalise(nce_m * row + (1 - nce_m) * embedding), without autograd.
 
@@ -78,12 +84,13 @@ class CRDLoss(Distiller):
 
     def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
                  nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "ema",
-                 z_momentum: float = 0.99, negatives: str = "per_sample"):
+                 z_momentum: float = 0.99, negatives: str = "per_sample", positive: str = "memory"):
         super().__init__(spec)
         check_choice("mode", mode, ("exact", "relax"))
         check_choice("objective", objective, ("nce", "infonce"))
         check_choice("z_estimate", z_estimate, ("ema", "frozen"))
         check_choice("negatives", negatives, ("per_sample", "shared"))
+        check_choice("positive", positive, ("memory", "batch"))
         num_rows = int(spec.num_samples)
         if num_rows < 2:
             raise ConfigError(f"crd: the training split has {num_rows} sample(s); CRD needs at least 2")
@@ -94,7 +101,7 @@ class CRDLoss(Distiller):
         if not 0 <= nce_m < 1 or not 0 <= z_momentum < 1:
             raise ConfigError(f"crd: nce_m={nce_m} and z_momentum={z_momentum} must be in [0, 1)")
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = int(feat_dim), int(nce_k), float(nce_t), float(nce_m)
-        self.mode, self.objective, self.negatives = mode, objective, negatives
+        self.mode, self.objective, self.negatives, self.positive = mode, objective, negatives, positive
         self.num_rows = num_rows
 
         self.embed_student = EmbedHead(spec.student.embedding, self.feat_dim)
@@ -138,15 +145,21 @@ class CRDLoss(Distiller):
                 negatives = self.draw_negatives(index)
             invalid = shared_negative_mask(index, negatives, self.classes) if negatives.dim() == 1 else None
             # Student anchors against the teacher memory, and teacher anchors against the student memory.
-            loss_student = self._term(f_s, index, negatives, invalid, self.memory_teacher, self.z_student_anchor)
-            loss_teacher = self._term(f_t, index, negatives, invalid, self.memory_student, self.z_teacher_anchor)
+            loss_student = self._term(f_s, f_t, index, negatives, invalid, self.memory_teacher, self.z_student_anchor)
+            loss_teacher = self._term(f_t, f_s, index, negatives, invalid, self.memory_student, self.z_teacher_anchor)
             if self.training:
                 self._update_memories(index, f_s.detach(), f_t.detach())
         return loss_student + loss_teacher
 
-    def _term(self, anchors, index, negatives, invalid, memory: ContrastMemory, z: PartitionEstimate) -> torch.Tensor:
-        """One side's loss: anchors (B, D) scored against `memory`'s rows."""
-        logits = memory.score(anchors, index, negatives) / self.nce_t  # (B, K+1), positive first
+    def _term(self, anchors, others, index, negatives, invalid, memory: ContrastMemory,
+              z: PartitionEstimate) -> torch.Tensor:
+        """One side's loss: anchors (B, D) scored against `memory`'s rows (and `others`, the other side's
+        embeddings of the batch, as positives when positive="batch")."""
+        scores = memory.score(anchors, index, negatives)  # (B, K+1), positive first
+        if self.positive == "batch":
+            fresh = (anchors * others.detach()).sum(dim=1, keepdim=True)  # (B, 1)
+            scores = torch.cat([fresh, scores[:, 1:]], dim=1)
+        logits = scores / self.nce_t
         if self.objective == "infonce":
             return infonce_loss(logits, invalid)
         log_z = z(batch_log_partition(logits, self.num_rows), update=self.training).to(logits.dtype)
@@ -163,4 +176,5 @@ class CRDLoss(Distiller):
     def extra_repr(self) -> str:
         """Key settings, shown by print(module)."""
         return (f"num_rows={self.num_rows}, feat_dim={self.feat_dim}, nce_k={self.nce_k}, nce_t={self.nce_t}, "
-                f"nce_m={self.nce_m}, mode={self.mode!r}, objective={self.objective!r}, negatives={self.negatives!r}")
+                f"nce_m={self.nce_m}, mode={self.mode!r}, objective={self.objective!r}, negatives={self.negatives!r}, "
+                f"positive={self.positive!r}")
