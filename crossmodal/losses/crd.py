@@ -16,8 +16,9 @@ What is implemented (paper Sec. 3.1 and the reference code's behaviour):
   the other network's embedding of the sample from the last epoch it was seen in, and a random unit vector
   before its first visit. With `positive="batch"` the positive is the other side's embedding of the same sample
   in this batch (detached, like a memory row), as in the paper's critic h(T(x_i), S(x_i)); the negatives still
-  come from the memory. Runs shorter than a few passes over the data (every first visit scores a random
-  positive under "memory") are where they differ; see benchmarks/ablation.py.
+  come from the memory. They differ most in runs shorter than a few passes over the data (every first visit
+  scores a random positive under "memory"); in the CPU ablation (benchmarks/results/ablation.md, under one
+  pass) "batch" was worse than the reference's "memory", which stays the default.
 - After the loss is computed (training mode only), the rows of the batch's samples move towards the new
   embeddings: row <- normalise(nce_m * row + (1 - nce_m) * embedding), without autograd.
 
