@@ -22,6 +22,7 @@ from benchmarks.common import REPO, Bench, Step, bench, main_guard, mean_std, bu
     BenchmarkSkipped
 
 METHODS = ["vanilla", "KD", "FitNet", "AT", "PKT", "CRD", "CRD+KD"]
+QUICK_METHODS = ["vanilla", "KD", "CRD", "CRD+KD"]  # --quick: the CRD path and its baselines (FitNet/AT/PKT: unit tests)
 SUFFIX = {"KD": "kd", "FitNet": "fitnet", "AT": "at", "PKT": "pkt", "CRD": "crd", "CRD+KD": "crd_kd"}
 # Methods without a shipped config in the gpu profile: the KD pair config with these losses.
 DERIVED_LOSSES = {"FitNet": "{ce: 1.0, fitnet: 100.0}", "AT": "{ce: 1.0, at: 1000.0}", "PKT": "{ce: 1.0, pkt: 30000.0}"}
@@ -96,8 +97,9 @@ def main() -> None:
     b = bench(name, args, module="compression")
     p = profile(args.dataset, args.profile)
     seeds = [int(s) for s in args.seeds.split(",")]
-    if b.quick:
-        seeds = seeds[:1]  # a smoke run: one seed shows every step works
+    methods = METHODS
+    if b.quick:  # a smoke run: one seed and the CRD path show every step works
+        seeds, methods = seeds[:1], QUICK_METHODS
     device: list[str] = []
     if args.profile == "gpu":
         import torch
@@ -111,16 +113,16 @@ def main() -> None:
     else:
         data_path = b.data(args.dataset)
     data = ["--set", f"data.path={data_path}"]
-    for stage in stages(b, p, seeds, data, device):
+    for stage in stages(b, p, seeds, data, device, methods):
         b.run_stage(stage)
-    report(b, p, seeds, args)
+    report(b, p, seeds, args, methods)
 
 
-def report(b: Bench, p: dict, seeds: list[int], args) -> None:
+def report(b: Bench, p: dict, seeds: list[int], args, methods: list[str] = METHODS) -> None:
     teacher = summary(b.runs / p["teacher"])
-    per_method: dict[str, list[dict]] = {m: [] for m in METHODS}
+    per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
-        for method in METHODS:
+        for method in methods:
             per_method[method].append(summary(b.runs / run_name(p, method, seed)))
     paper = PAPER[p["paper"]]
     t_arch, s_arch = p["arch"]
@@ -154,11 +156,11 @@ def report(b: Bench, p: dict, seeds: list[int], args) -> None:
                     f"{best:.2f} | {gain} | {paper[method]:.2f} | {paper_gain} | {ips:.0f} |")
     body += ["", "images/s: training throughput of each run (other runs shared the machine; see --jobs)."]
     fig, (ax,) = new_figure(width=7)
-    xs = range(len(METHODS))
-    ax.bar(xs, [means[m][0] for m in METHODS], yerr=[means[m][1] for m in METHODS], capsize=4, color="#4c72b0")
+    xs = range(len(methods))
+    ax.bar(xs, [means[m][0] for m in methods], yerr=[means[m][1] for m in methods], capsize=4, color="#4c72b0")
     ax.axhline(teacher["final_test_top1"], color="k", linestyle="--", linewidth=1, label=f"teacher {t_arch}")
-    ax.set_xticks(list(xs), METHODS)
-    lo = min(means[m][0] - means[m][1] for m in METHODS)
+    ax.set_xticks(list(xs), methods)
+    lo = min(means[m][0] - means[m][1] for m in methods)
     ax.set_ylim(max(0.0, lo - 5), max(teacher["final_test_top1"], max(v[0] + v[1] for v in means.values())) + 2)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{args.dataset}: {t_arch} -> {s_arch}, {len(seeds)} seed(s)")

@@ -14,9 +14,14 @@ from __future__ import annotations
 from benchmarks.common import REPO, Bench, bench, budget, main_guard, new_figure, parser, summary
 
 TEACHERS = 4
+QUICK_TEACHERS = 2  # --quick: enough for the 1-vs-several comparison to run
 METHODS = {"KD": "kd", "CRD": "crd"}
 TEACHER_CONFIG = "configs/cpu/cifar10_resnet8.yaml"
 STUDENT_CONFIG = "configs/cpu/cifar10_ensemble_resnet8_{}.yaml"
+
+
+def n_teachers(b: Bench) -> int:
+    return QUICK_TEACHERS if b.quick else TEACHERS
 
 
 def teacher_run(k: int) -> str:
@@ -38,10 +43,10 @@ def main() -> None:
     b = bench("ensemble", args)
     data = b.data("cifar10")
     b.run_stage([b.train("teach", TEACHER_CONFIG, teacher_run(k), "--seed", str(k), "--set", f"data.path={data}")
-                 for k in range(TEACHERS)])
+                 for k in range(n_teachers(b))])
     b.run_stage([b.train("distill", STUDENT_CONFIG.format(suffix), student_run(method, n), "--seed", "0",
                          "--set", f"data.path={data}", "--set", teachers_override(b, n))
-                 for method, suffix in METHODS.items() for n in range(1, TEACHERS + 1)])
+                 for method, suffix in METHODS.items() for n in range(1, n_teachers(b) + 1)])
     report(b, data)
 
 
@@ -60,7 +65,7 @@ def teacher_test_probs(b: Bench, data: str):
     test = PreparedDataset(REPO / data, "test", ["rgb"], preload=True)
     loader = DataLoader(test, batch_size=500)
     probs = []
-    for k in range(TEACHERS):
+    for k in range(n_teachers(b)):
         model, meta = load_model(REPO / b.runs / teacher_run(k) / "best.pt")
         renorm = TeacherInput(test.stats["rgb"], meta["stats"].get("rgb") or meta["stats"][meta["modality"]])
         with torch.no_grad():
@@ -75,12 +80,12 @@ def top1(probs, labels) -> float:
 
 def report(b: Bench, data: str) -> None:
     probs, labels = teacher_test_probs(b, data)
-    sizes = list(range(1, TEACHERS + 1))
+    sizes = list(range(1, n_teachers(b) + 1))
     ensemble = {n: top1(sum(probs[:n]) / n, labels) for n in sizes}
     students = {m: {n: summary(b.runs / student_run(m, n))["final_test_top1"] for n in sizes} for m in METHODS}
     body = [
-        f"A resnet8 student distilled from an ensemble of the first n of {TEACHERS} resnet8 teachers (seeds "
-        f"0-{TEACHERS - 1}) on CIFAR-10 ({data}), by KD and by CRD; test top-1 of the student's final epoch, "
+        f"A resnet8 student distilled from an ensemble of the first n of {n_teachers(b)} resnet8 teachers (seeds "
+        f"0-{n_teachers(b) - 1}) on CIFAR-10 ({data}), by KD and by CRD; test top-1 of the student's final epoch, "
         "one seed (0) per point, so no error bars: a small difference may be seed noise.",
         "",
         f"Budget, stated plainly: each teacher {budget(b.runs / teacher_run(0))}; each student "
@@ -107,7 +112,7 @@ def report(b: Bench, data: str) -> None:
         "| teacher | test top-1 (computed here) | best_test_top1 of its run |",
         "|---|---|---|",
     ]
-    for k in range(TEACHERS):
+    for k in range(n_teachers(b)):
         run = teacher_run(k)
         body.append(f"| {run} | {top1(probs[k], labels):.2f} | {summary(b.runs / run)['best_test_top1']:.2f} |")
     body += [
