@@ -1,7 +1,8 @@
 """CRD ablation (the paper's Figure 5, CPU-sized): the number of negatives K and the temperature tau, plus
 two of crossmodal's options against the reference behaviour at the default K and tau: the positive scored
 against this batch's teacher embedding (`positive: batch`) instead of the memory row, and one set of
-negatives shared by the batch (`negatives: shared`); and the student without CRD at the same budget.
+negatives shared by the batch (`negatives: shared`); and the student without CRD at the same budget. A
+budget check trains the labels-only, KD and CRD students for 15 epochs (full mode only).
 
     python -m benchmarks.ablation --jobs 2      # ~20 min on 2 cores with the teacher trained (~40 min without)
     python -m benchmarks.ablation --quick       # smoke run on the mini data (K 256/4096, tau 0.02/0.07), ~1 min
