@@ -28,6 +28,30 @@ FLAG_KEYS = {
 }
 
 
+# Type of each FLAG_KEYS flag (None: text).
+FLAG_TYPES = {"name": None, "out_dir": None, "device": None, "epochs": int, "batch_size": int, "lr": float,
+              "workers": int, "seed": int}
+
+
+def key_flag_options(helps: dict[str, str]) -> list:
+    """One click option per FLAG_KEYS flag (--name ... --seed, in that order), with the command's help texts."""
+    return [click.option("--" + flag.replace("_", "-"), type=FLAG_TYPES[flag], help=helps[flag]) for flag in FLAG_KEYS]
+
+
+def split_flags(set_, flags: dict, flag_keys: dict) -> tuple[list, dict]:
+    """(the --set overrides followed by (key, value) for every given flag of `flag_keys`, the other arguments)."""
+    overrides = list(set_) + [(flag_keys[flag], value) for flag, value in flags.items()
+                              if flag in flag_keys and value is not None]
+    return overrides, {k: v for k, v in flags.items() if k not in flag_keys}
+
+
+def apply_options(options: list, fn):
+    """`fn` decorated by `options`, the first listed shown first in --help."""
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def run_options(fn):
     """Add CONFIG, --set, --resume and the per-key flags; the command receives (config, overrides, resume)."""
     options = [
@@ -37,28 +61,25 @@ def run_options(fn):
                           "(VALUE is parsed as YAML). Repeatable."),
         click.option("--resume", is_flag=True,
                      help="Continue the run from <out_dir>/<name>/last.pt (same weights as an uninterrupted run)."),
-        click.option("--name", help="Run name (key: name); the run writes to <out_dir>/<name>/. "
-                                    "Default: the config file's name."),
-        click.option("--out-dir", help="Folder holding the run folders (key: out_dir). Default: runs."),
-        click.option("--device", help="auto, cpu, cuda, cuda:N or mps (key: engine.device)."),
-        click.option("--epochs", type=int, help="Number of epochs (key: optim.epochs)."),
-        click.option("--batch-size", type=int, help="Global batch size over all processes (key: optim.batch_size)."),
-        click.option("--lr", type=float, help="Base learning rate for the global batch (key: optim.lr)."),
-        click.option("--workers", type=int, help="DataLoader worker processes (key: data.workers)."),
-        click.option("--seed", type=int, help="Seed of the initialisation, sample order and augmentation (key: seed)."),
+        *key_flag_options({
+            "name": "Run name (key: name); the run writes to <out_dir>/<name>/. Default: the config file's name.",
+            "out_dir": "Folder holding the run folders (key: out_dir). Default: runs.",
+            "device": "auto, cpu, cuda, cuda:N or mps (key: engine.device).",
+            "epochs": "Number of epochs (key: optim.epochs).",
+            "batch_size": "Global batch size over all processes (key: optim.batch_size).",
+            "lr": "Base learning rate for the global batch (key: optim.lr).",
+            "workers": "DataLoader worker processes (key: data.workers).",
+            "seed": "Seed of the initialisation, sample order and augmentation (key: seed).",
+        }),
     ]
 
     @functools.wraps(fn)
     def wrapper(config, set_, resume, **flags):
-        overrides = list(set_) + [(FLAG_KEYS[flag], value) for flag, value in flags.items()
-                                  if flag in FLAG_KEYS and value is not None]
-        rest = {k: v for k, v in flags.items() if k not in FLAG_KEYS}
+        overrides, rest = split_flags(set_, flags, FLAG_KEYS)
         configure_logging()
         return fn(config=config, overrides=overrides, resume=resume, **rest)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return apply_options(options, wrapper)
 
 
 def configure_logging() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import apply_options
+
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
@@ -33,9 +35,7 @@ def common_options(command):
         click.option("--force", is_flag=True,
                      help="Overwrite --out if it exists (only once the new file is complete)."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return apply_options(options, command)
 
 
 def _split_list(text: str | None) -> list[str] | None:

@@ -5,7 +5,8 @@ import functools
 
 import click
 
-from cli.options import configure_logging
+from cli.options import FLAG_KEYS as RUN_FLAG_KEYS
+from cli.options import apply_options, configure_logging, key_flag_options, split_flags
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -22,14 +23,7 @@ FLAG_KEYS = {
     "cache_dir": "cache_dir",
     "train_split": "data.train_split",
     "test_split": "data.test_split",
-    "name": "name",
-    "out_dir": "out_dir",
-    "device": "engine.device",
-    "epochs": "optim.epochs",
-    "batch_size": "optim.batch_size",
-    "lr": "optim.lr",
-    "workers": "data.workers",
-    "seed": "seed",
+    **RUN_FLAG_KEYS,  # name, out_dir, device, epochs, batch_size, lr, workers, seed
 }
 
 
@@ -66,30 +60,28 @@ def probe_options(fn):
         click.option("--test-split", help="Split the probe is scored on (key: data.test_split)."),
         click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
                      help="Override any config key, e.g. --set dense.folds=4 (VALUE parsed as YAML). Repeatable."),
-        click.option("--name", help="Probe name (key: name); writes <out_dir>/<name>/. Default: CONFIG's name, "
-                                    "else <checkpoint folder>_<method>."),
-        click.option("--out-dir", help="Folder holding the probe folders (key: out_dir). Default: runs/probe."),
-        click.option("--device", help="auto, cpu, cuda, cuda:N or mps (key: engine.device)."),
-        click.option("--epochs", type=int, help="Epochs of the probe head / finetuning (key: optim.epochs)."),
-        click.option("--batch-size", type=int, help="Batch size (key: optim.batch_size)."),
-        click.option("--lr", type=float, help="Learning rate (key: optim.lr)."),
-        click.option("--workers", type=int, help="DataLoader worker processes (key: data.workers)."),
-        click.option("--seed", type=int, help="Seed of heads, sample order and random init (key: seed)."),
+        *key_flag_options({
+            "name": "Probe name (key: name); writes <out_dir>/<name>/. Default: CONFIG's name, else "
+                    "<checkpoint folder>_<method>.",
+            "out_dir": "Folder holding the probe folders (key: out_dir). Default: runs/probe.",
+            "device": "auto, cpu, cuda, cuda:N or mps (key: engine.device).",
+            "epochs": "Epochs of the probe head / finetuning (key: optim.epochs).",
+            "batch_size": "Batch size (key: optim.batch_size).",
+            "lr": "Learning rate (key: optim.lr).",
+            "workers": "DataLoader worker processes (key: data.workers).",
+            "seed": "Seed of heads, sample order and random init (key: seed).",
+        }),
     ]
 
     @functools.wraps(fn)
     def wrapper(config, set_, **flags):
         flags["stage"] = _int_or_text(flags.get("stage"))
         flags["input_size"] = _int_or_text(flags.get("input_size"))
-        overrides = list(set_) + [(FLAG_KEYS[flag], value) for flag, value in flags.items()
-                                  if flag in FLAG_KEYS and value is not None]
-        rest = {k: v for k, v in flags.items() if k not in FLAG_KEYS}
+        overrides, rest = split_flags(set_, flags, FLAG_KEYS)
         configure_logging()
         return fn(config=config, overrides=overrides, **rest)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return apply_options(options, wrapper)
 
 
 def _run(method: str, config, overrides, resume: bool = False) -> None:
