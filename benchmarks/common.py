@@ -263,6 +263,20 @@ def new_figure(ncols: int = 1, width: float = 5.0):
     return fig, list(axes[0])
 
 
+def paired_bars(ax, ticks: list[str], series: dict[str, list], floor: float = 0.0, headroom: float = 1.3,
+                **tick_style) -> None:
+    """Two bars per tick (series name -> values, None = no bar) with a legend; the y axis runs from 0 to
+    `headroom` x the tallest bar (or `floor`, a line drawn beside them), leaving room for the legend."""
+    xs = range(len(ticks))
+    width = 0.38
+    for (name, values), shift, color in zip(series.items(), (-width / 2, width / 2), ("#4c72b0", "#dd8452")):
+        bars = [(x, v) for x, v in zip(xs, values) if v is not None]
+        ax.bar([x + shift for x, _ in bars], [v for _, v in bars], width, label=name, color=color)
+    ax.set_ylim(0, max([floor] + [v for values in series.values() for v in values if v is not None]) * headroom)
+    ax.set_xticks(list(xs), ticks, **tick_style)
+    ax.legend(loc="upper right", fontsize=8)
+
+
 def save_figure(fig, path: Path) -> None:
     """Write the figure to `path` atomically and close it."""
     import matplotlib.pyplot as plt

@@ -13,7 +13,8 @@ by accuracy), the networks trained with labels at best.pt.
 """
 from __future__ import annotations
 
-from benchmarks.common import REPO, Bench, Step, bench, budget, main_guard, new_figure, parser, probe_rows, summary
+from benchmarks.common import (REPO, Bench, Step, bench, budget, main_guard,
+                               new_figure, paired_bars, parser, probe_rows, summary)
 
 L_TEACHER = "imagenette_L_mobilenetv3"
 AB_SUPERVISED = "imagenette_ab_mobilenetv3"
@@ -130,22 +131,15 @@ def report(b: Bench, data: str) -> None:
 def figure(networks: dict):
     fig, (ax,) = new_figure(width=7)
     ab = [key for key in networks if key != "L teacher"]
-    xs = range(len(ab))
-    width = 0.38
-    ax.bar([x - width / 2 for x in xs], [networks[k][2]["top1"] for k in ab], width, label="linear probe",
-           color="#4c72b0")
-    tuned = [(x, networks[k][3]["top1"]) for x, k in zip(xs, ab) if networks[k][3] is not None]
-    ax.bar([x + width / 2 for x, _ in tuned], [v for _, v in tuned], width, label="finetune", color="#dd8452")
-    ax.axhline(networks["L teacher"][2]["top1"], color="k", linestyle="--", linewidth=1,
-               label="L teacher, linear probe on L")
-    ax.set_xticks(list(xs), [TICKS[k] for k in ab])
-    top = max([networks[k][2]["top1"] for k in networks] + [v for _, v in tuned])
-    ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
+    teacher = networks["L teacher"][2]["top1"]
+    ax.axhline(teacher, color="k", linestyle="--", linewidth=1, label="L teacher, linear probe on L")
+    paired_bars(ax, [TICKS[k] for k in ab], {
+        "linear probe": [networks[k][2]["top1"] for k in ab],
+        "finetune": [None if networks[k][3] is None else networks[k][3]["top1"] for k in ab],
+    }, floor=teacher, headroom=1.35)
     ax.set_ylabel("ab test top-1 (%)")
     ax.set_title("Imagenette-96 L -> ab: ab networks scored with labels")
-    ax.legend(loc="upper right", fontsize=8)
     return fig
-
 
 if __name__ == "__main__":
     main_guard(main)

@@ -12,7 +12,8 @@ runs end to end on real RGB-D data, not a result.
 """
 from __future__ import annotations
 
-from benchmarks.common import Bench, Step, bench, budget, main_guard, new_figure, parser, probe_rows, summary
+from benchmarks.common import (Bench, Step, bench, budget, main_guard, new_figure,
+                               paired_bars, parser, probe_rows, summary)
 
 TEACHER = "imagenette_rgb_mobilenetv3"
 STUDENT = "nyu18_rgb_to_depth_crd"
@@ -82,18 +83,11 @@ def report(b: Bench, nyu: str) -> None:
 def figure(rows: dict):
     fig, (ax,) = new_figure(width=6)
     labels = list(rows)
-    xs = range(len(labels))
-    width = 0.38
-    ax.bar([x - width / 2 for x in xs], [rows[k]["pixel_acc"] for k in labels], width, label="pixel accuracy",
-           color="#4c72b0")
-    ax.bar([x + width / 2 for x in xs], [rows[k]["miou"] for k in labels], width, label="mIoU", color="#dd8452")
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylim(0, max(r["pixel_acc"] for r in rows.values()) * 1.3)  # room for the legend above the bars
+    paired_bars(ax, labels, {"pixel accuracy": [rows[k]["pixel_acc"] for k in labels],
+                             "mIoU": [rows[k]["miou"] for k in labels]})
     ax.set_ylabel("%")
     ax.set_title("nyu18 dense probe on depth (8 labelled frames: a functional check)")
-    ax.legend(loc="upper right", fontsize=8)
     return fig
-
 
 if __name__ == "__main__":
     main_guard(main)

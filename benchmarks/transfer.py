@@ -13,7 +13,8 @@ training. Every network is probed at last.pt, the weights of its reported final 
 from __future__ import annotations
 
 from benchmarks import compression
-from benchmarks.common import Bench, Step, bench, budget, main_guard, new_figure, parser, probe_rows, summary
+from benchmarks.common import (Bench, Step, bench, budget, main_guard, new_figure,
+                               paired_bars, parser, probe_rows, summary)
 
 METHODS = ["vanilla", "KD", "CRD", "CRD+KD"]
 SEED = 0
@@ -98,20 +99,11 @@ def report(b: Bench, p: dict, imagenette: str) -> None:
 def figure(rows: dict):
     fig, (ax,) = new_figure(width=8)
     labels = list(rows)
-    xs = range(len(labels))
-    width = 0.38
-    ax.bar([x - width / 2 for x in xs], [rows[k][0]["top1"] for k in labels], width,
-           label="Imagenette-96 linear probe", color="#4c72b0")
-    own = [(x, rows[k][1]) for x, k in zip(xs, labels) if rows[k][1] is not None]
-    ax.bar([x + width / 2 for x, _ in own], [v for _, v in own], width, label="own Tiny-ImageNet-100 test",
-           color="#dd8452")
-    ax.set_xticks(list(xs), labels, rotation=20, ha="right")
-    ax.set_ylim(0, max([rows[k][0]["top1"] for k in labels] + [v for _, v in own]) * 1.3)  # room for the legend
+    paired_bars(ax, labels, {"Imagenette-96 linear probe": [rows[k][0]["top1"] for k in labels],
+                             "own Tiny-ImageNet-100 test": [rows[k][1] for k in labels]}, rotation=20, ha="right")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Tiny-ImageNet-100 networks, frozen, linear probe on Imagenette-96")
-    ax.legend(loc="upper right", fontsize=8)
     return fig
-
 
 if __name__ == "__main__":
     main_guard(main)
