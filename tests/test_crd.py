@@ -108,14 +108,10 @@ def head_grads(crd):
     return [p.grad.clone() for p in crd.parameters()]
 
 
-@pytest.mark.parametrize("score_all_rows", [True, False])
-def test_matches_plain_per_sample_algorithm(score_all_rows):
-    crd = make_crd(z_estimate="frozen")
-    for memory in (crd.memory_student, crd.memory_teacher):
-        memory.score_all_rows = score_all_rows
-    s_emb, t_emb, index = make_batch()
-    negatives = sample_negatives(index, K, N, crd.classes)
-    plain_loss, plain_z, plain_mem_s, plain_mem_t = plain_crd_step(crd, s_emb, t_emb, index, negatives)
+def assert_step_matches_plain(crd, s_emb, t_emb, index, negatives, **plain_args):
+    """One training step of `crd` equals plain_crd_step (loss, head gradients, both memories); returns the loss
+    and the plain step's Z values."""
+    plain_loss, plain_z, plain_mem_s, plain_mem_t = plain_crd_step(crd, s_emb, t_emb, index, negatives, **plain_args)
     plain_loss.backward()
     plain_grads = head_grads(crd)
     crd.zero_grad()
@@ -126,6 +122,17 @@ def test_matches_plain_per_sample_algorithm(score_all_rows):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(crd.memory_student.rows, plain_mem_s, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(crd.memory_teacher.rows, plain_mem_t, rtol=1e-5, atol=1e-6)
+    return loss, plain_z
+
+
+@pytest.mark.parametrize("score_all_rows", [True, False])
+def test_matches_plain_per_sample_algorithm(score_all_rows):
+    crd = make_crd(z_estimate="frozen")
+    for memory in (crd.memory_student, crd.memory_teacher):
+        memory.score_all_rows = score_all_rows
+    s_emb, t_emb, index = make_batch()
+    negatives = sample_negatives(index, K, N, crd.classes)
+    _, plain_z = assert_step_matches_plain(crd, s_emb, t_emb, index, negatives)
     # Frozen Z is the reference formula, Z = mean(exp(s / tau)) * N over the first batch, then never changes.
     assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(plain_z[0], rel=1e-5)
     assert crd.z_teacher_anchor.log_z.exp().item() == pytest.approx(plain_z[1], rel=1e-5)
@@ -146,17 +153,7 @@ def test_batch_positive_matches_plain_algorithm(negatives_kind):
         invalid = shared_negative_mask(index, negatives, crd.classes)
     else:
         negatives, invalid = sample_negatives(index, K, N, crd.classes), None
-    plain_loss, _, plain_mem_s, plain_mem_t = plain_crd_step(crd, s_emb, t_emb, index, negatives, invalid=invalid,
-                                                             positive="batch")
-    plain_loss.backward()
-    plain_grads = head_grads(crd)
-    crd.zero_grad()
-    loss = run_crd(crd, s_emb, t_emb, index, negatives)
-    loss.backward()
-    assert loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
-    for ours, theirs in zip(head_grads(crd), plain_grads):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(crd.memory_teacher.rows, plain_mem_t, rtol=1e-5, atol=1e-6)
+    loss, _ = assert_step_matches_plain(crd, s_emb, t_emb, index, negatives, invalid=invalid, positive="batch")
     # The memory positive (a random row before the sample's first visit) gives another loss on the same batch.
     memory_positive = make_crd(z_estimate="frozen", negatives=negatives_kind)
     assert run_crd(memory_positive, s_emb, t_emb, index, negatives).item() != pytest.approx(loss.item(), rel=1e-3)
