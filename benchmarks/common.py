@@ -217,15 +217,15 @@ def budget(run_dir: Path) -> str:
 
     S is what the engine ran: floor(train samples / batch), capped by engine.max_steps_per_epoch.
     """
-    import h5py
     import yaml
+
+    from crossmodal.data.schema import open_prepared
 
     cfg = yaml.safe_load((REPO / run_dir / "config.yaml").read_text())
     epochs, batch = cfg["optim"]["epochs"], cfg["optim"]["batch_size"]
-    with h5py.File(REPO / cfg["data"]["path"], "r") as h5:
-        split = h5[cfg["data"].get("train_split", "train")]
-        samples = len(split["label"]) if "label" in split else len(next(iter(split.values())))
-    steps = samples // batch
+    h5, info = open_prepared(REPO / cfg["data"]["path"])
+    h5.close()
+    steps = info["splits"][cfg["data"].get("train_split", "train")]["n"] // batch
     if cfg["engine"].get("max_steps_per_epoch") is not None:
         steps = min(steps, cfg["engine"]["max_steps_per_epoch"])
     plural = "epoch" if epochs == 1 else "epochs"

@@ -84,12 +84,10 @@ def write_yaml(path: Path, cfg: dict) -> Path:
 
 
 def last_epoch(run_dir: Path) -> dict:
-    """The last row of a run's metrics.csv, as floats where they parse."""
-    import csv
+    """The last row of a run's metrics.csv (floats, None for empty cells)."""
+    from crossmodal.engine.logging import read_metrics
 
-    with open(run_dir / "metrics.csv") as f:
-        row = list(csv.DictReader(f))[-1]
-    return {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+    return read_metrics(run_dir / "metrics.csv")[-1]
 
 
 def synthetic_source(n_train: int, n_test: int):

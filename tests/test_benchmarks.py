@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import yaml
 
@@ -90,10 +88,9 @@ def test_mean_std_is_the_population_std():
     assert mean_std([5.0]) == (5.0, 0.0)
 
 
-def test_budget_counts_the_steps_the_engine_runs(tmp_path, monkeypatch):
+def test_budget_counts_the_steps_the_engine_runs(tmp_path, monkeypatch, make_prepared):
     monkeypatch.setattr(common, "REPO", tmp_path)
-    with h5py.File(tmp_path / "d.h5", "w") as h5:
-        h5.create_dataset("train/label", data=np.zeros(100, dtype=np.int64))
+    make_prepared(splits={"train": 100, "test": 10}, modalities=("rgb",), name="d.h5")
     run = tmp_path / "run"
     run.mkdir()
     for max_steps, expected in ((5, "3 epochs x 5 steps x 16 images (240 images seen)"),
