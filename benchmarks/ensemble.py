@@ -59,17 +59,16 @@ def teacher_test_probs(b: Bench, data: str):
     from torch.utils.data import DataLoader
 
     from crossmodal.data.dataset import PreparedDataset
-    from crossmodal.engine.checkpoint import load_model
-    from crossmodal.tasks.distill import TeacherInput
+    from crossmodal.tasks.distill import DistillConfig, TeacherConfig, load_teachers
 
     test = PreparedDataset(REPO / data, "test", ["rgb"], preload=True)
     loader = DataLoader(test, batch_size=500)
+    cfg = DistillConfig(teachers=[TeacherConfig(str(REPO / b.runs / teacher_run(k) / "best.pt"), "rgb")
+                                  for k in range(n_teachers(b))])
     probs = []
-    for k in range(n_teachers(b)):
-        model, meta = load_model(REPO / b.runs / teacher_run(k) / "best.pt")
-        renorm = TeacherInput(test.stats["rgb"], meta["stats"].get("rgb") or meta["stats"][meta["modality"]])
+    for teacher in load_teachers(cfg, test):
         with torch.no_grad():
-            probs.append(torch.cat([model(renorm(batch["rgb"]))["logits"].softmax(1) for batch in loader]))
+            probs.append(torch.cat([teacher(batch)["logits"].softmax(1) for batch in loader]))
     return probs, torch.as_tensor(test.labels)
 
 
