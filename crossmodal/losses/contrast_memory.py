@@ -199,13 +199,13 @@ def batch_log_partition(logits: torch.Tensor, num_rows: int) -> torch.Tensor:
 class PartitionEstimate(nn.Module):
     """The NCE's normalisation constant Z, kept as log Z in a buffer (state_dict) and never back-propagated.
 
-    `frozen`: Z is the first training batch's estimate, then fixed (the reference code).
-    `ema`: initialised from the first batch, then log Z <- log(m Z + (1 - m) Z_batch) each training step,
+    `frozen` (default): Z is the first training batch's estimate, then fixed (the reference code).
+    `ema` (option): initialised from the first batch, then log Z <- log(m Z + (1 - m) Z_batch) each training step,
     so Z follows the scores as the heads and memories learn (a frozen Z from random heads goes stale).
     Under DDP the batch estimate is averaged over ranks (equal batch sizes) so every rank keeps the same Z.
     """
 
-    def __init__(self, z_estimate: str = "ema", z_momentum: float = 0.99):
+    def __init__(self, z_estimate: str = "frozen", z_momentum: float = 0.99):
         super().__init__()
         self.z_estimate = z_estimate
         self.z_momentum = z_momentum

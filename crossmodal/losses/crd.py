@@ -9,9 +9,13 @@ What is implemented (paper Sec. 3.1 and the reference code's behaviour):
   h = P / (P + K/N) (the paper's h(T,S) with its N/M ratio = K/N here), and the loss is Eq. (18):
       L = -E_pos[log h] - K * E_neg[log(1 - h)]   (summed over the K negatives, averaged over anchors).
   `objective="infonce"`: cross-entropy of the positive among its K+1 scores / tau (Z cancels).
-- Z, the normalisation constant of exp(s/tau): `z_estimate="frozen"` is the reference's
-  Z = mean(exp(s/tau)) * N from the first training batch, kept forever; the default `"ema"` starts there and
-  then follows Z_batch with momentum `z_momentum` (see contrast_memory.PartitionEstimate).
+- Z, the normalisation constant of exp(s/tau): the default `z_estimate="frozen"` is the reference's
+  Z = mean(exp(s/tau)) * N from the first training batch, kept forever (one Z per direction). The option
+  `"ema"` starts there and then follows Z_batch with momentum `z_momentum` (see
+  contrast_memory.PartitionEstimate): Z then tracks the scores as the heads learn instead of staying at its
+  random-head value, which changes the effective weight of the positive against the negatives (the critic's
+  P / (P + K/N) saturates differently); it is not the paper's algorithm, and its effect is measured in the
+  ablation (benchmarks/results/ablation.md).
 - `positive="memory"` (the reference's): the anchor's positive is its own row of the other side's memory, i.e.
   the other network's embedding of the sample from the last epoch it was seen in, and a random unit vector
   before its first visit. With `positive="batch"` the positive is the other side's embedding of the same sample
@@ -84,7 +88,7 @@ class CRDLoss(Distiller):
     default_weight = 0.8  # the reference scripts' beta for CRD (alongside ce 1, and kd 1 when combined)
 
     def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
-                 nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "ema",
+                 nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "frozen",
                  z_momentum: float = 0.99, negatives: str = "per_sample", positive: str = "memory"):
         super().__init__(spec)
         check_choice("mode", mode, ("exact", "relax"))
