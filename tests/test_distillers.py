@@ -320,7 +320,6 @@ def test_vid_starts_at_the_given_variance_and_matches_the_gaussian_nll(pair):
     vid = build_distiller("vid", spec, init_pred_var=5.0)
     for regressor in vid.regressors:  # predict mean 0, so the loss is 0.5 (t^2 / 5 + log 5) per element
         nn.init.zeros_(regressor.mean[-1].weight)
-        nn.init.zeros_(regressor.mean[-1].bias)
     s_out = student(batch["L"])
     # The teacher's last two maps (4x4, 2x2) pair with the student's larger 8x8, 4x4 (pooled down).
     expected = sum(0.5 * (t.pow(2).mean() / 5.0 + math.log(5.0)) for t in t_out["features"][-2:])

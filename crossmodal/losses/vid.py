@@ -1,9 +1,10 @@
 """Variational information distillation (Ahn et al., CVPR 2019).
 
-For each paired stage, a small 1x1-conv network predicts the mean mu(s) of a Gaussian over the
-teacher's activations with one learned variance per teacher channel,
-sigma_c^2 = softplus(alpha_c) + eps; the loss is the negative log-likelihood (paper, eq. 6, the
-constant dropped), averaged over elements and summed over stages:
+For each paired stage, a small 1x1-conv network (three convs without bias, ReLUs between, as in
+the authors' and RepDistiller's code) predicts the mean mu(s) of a Gaussian over the teacher's
+activations with one learned variance per teacher channel, sigma_c^2 = softplus(alpha_c) + eps;
+the loss is the negative log-likelihood (paper, eq. 6, the constant dropped), averaged over
+elements and summed over stages:
 
     0.5 * ( (t - mu(s))^2 / sigma_c^2 + log sigma_c^2 )
 
@@ -29,11 +30,11 @@ class GaussianRegressor(nn.Module):
     def __init__(self, s_channels: int, t_channels: int, init_pred_var: float, eps: float):
         super().__init__()
         self.mean = nn.Sequential(
-            nn.Conv2d(s_channels, t_channels, 1),
+            nn.Conv2d(s_channels, t_channels, 1, bias=False),
             nn.ReLU(inplace=True),
-            nn.Conv2d(t_channels, t_channels, 1),
+            nn.Conv2d(t_channels, t_channels, 1, bias=False),
             nn.ReLU(inplace=True),
-            nn.Conv2d(t_channels, t_channels, 1),
+            nn.Conv2d(t_channels, t_channels, 1, bias=False),
         )
         self.eps = eps
         # Inverse softplus, so that the initial variance is exactly init_pred_var.
