@@ -272,19 +272,20 @@ def test_rkd_distance_and_angle_terms_match_plain_python_on_three_points():
     assert build_distiller("rkd", None)(s, scaled, {}).item() == pytest.approx(0, abs=1e-6)
 
 
-def test_pkt_matches_plain_python_and_is_zero_for_identical_embeddings():
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_pkt_matches_plain_python_and_is_zero_for_identical_embeddings(exclude_self):
     s_pts, t_pts = [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)]
 
-    def conditional(p):
-        k = [[(1 + (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))) / 2 if i != j else 0.0
-              for j, b in enumerate(p)] for i, a in enumerate(p)]
+    def conditional(p):  # the reference keeps each sample in its own row; the paper's form drops it
+        k = [[(1 + (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))) / 2
+              if i != j or not exclude_self else 0.0 for j, b in enumerate(p)] for i, a in enumerate(p)]
         return [[v / sum(row) for v in row] for row in k]
 
     p_s, p_t = conditional(s_pts), conditional(t_pts)
     eps = 1e-7
     expected = sum(p_t[i][j] * math.log((p_t[i][j] + eps) / (p_s[i][j] + eps))
-                   for i in range(3) for j in range(3)) / 6
-    pkt = build_distiller("pkt", None)
+                   for i in range(3) for j in range(3)) / (6 if exclude_self else 9)
+    pkt = build_distiller("pkt", None, exclude_self=exclude_self)
     s, t = out(embedding=torch.tensor(s_pts)), out(embedding=torch.tensor(t_pts))
     assert pkt(s, t, {}).item() == pytest.approx(expected, rel=1e-4)
     assert pkt(s, s, {}).item() == pytest.approx(0, abs=1e-7)
