@@ -13,7 +13,7 @@ from crossmodal.errors import ConfigError
 from crossmodal.losses import DistillSpec, build_distiller, list_distillers, output_shapes
 from crossmodal.losses.ab import boundary_loss
 from crossmodal.losses.at import last_stages
-from crossmodal.losses.cc import rbf_correlation
+from crossmodal.losses.cc import consecutive_correlation_loss, rbf_correlation
 from crossmodal.losses.fitnet import hint_regressor
 from crossmodal.losses.fsp import fsp_matrix
 from crossmodal.losses.nst import polynomial_mmd
@@ -289,6 +289,13 @@ def test_pkt_matches_plain_python_and_is_zero_for_identical_embeddings(exclude_s
     s, t = out(embedding=torch.tensor(s_pts)), out(embedding=torch.tensor(t_pts))
     assert pkt(s, t, {}).item() == pytest.approx(expected, rel=1e-4)
     assert pkt(s, s, {}).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_cc_default_is_the_mean_product_of_consecutive_samples_differences():
+    z_s, z_t = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, 3.0]]), torch.tensor([[0.0, 0.0], [2.0, 1.0], [1.0, 0.0]])
+    # |d| rows: (1, 2), (2, 0), (2, 3); consecutive products: 1*2 + 2*0 = 2 and 2*2 + 0*3 = 4
+    assert consecutive_correlation_loss(z_s, z_t).item() == pytest.approx(3.0)
+    assert build_distiller("cc", make_spec(TinyNet((2, 4)), TinyNet((2, 8)))).correlation == "consecutive"
 
 
 def test_cc_correlation_is_the_taylor_series_of_the_gaussian_kernel():
