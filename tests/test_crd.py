@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses.base import DISTILLERS, DistillSpec, OutputShapes
+from crossmodal.losses.base import DISTILLERS, DistillSpec, OutputShapes, build_distiller
 from crossmodal.losses.contrast_memory import (
     ClassIndex,
     ContrastMemory,
@@ -58,50 +58,97 @@ def run_crd(crd, s_emb, t_emb, index, negatives=None):
 
 
 # ------------------------------------------------------------------ the paper's algorithm, one sample at a time
+def reference_heads(crd, s_emb, t_emb):
+    """g_S(s), g_T(t) from the heads' weights, normalise(x W^T + b), without calling the module's code."""
+    out = []
+    for x, layer in ((s_emb, crd.embed_student.linear), (t_emb, crd.embed_teacher.linear)):
+        y = x.double() @ layer.weight.double().T + layer.bias.double()
+        out.append(y / y.norm(dim=1, keepdim=True))
+    return out
+
+
+class ReferenceCRD:
+    """The paper's algorithm (Eq. 18, the reference code's Z and memory update) one anchor at a time, in float64.
+
+    It keeps its own memories (copied once from the module's initial rows) and its own Z per direction, and is
+    given every constant explicitly, so a module that ignores or swaps one of them disagrees with it. Z:
+    "frozen" = mean(exp(s / tau)) * N of the first batch, kept; "ema" = that first value, then
+    m * Z + (1 - m) * Z_batch every step.
+    """
+
+    def __init__(self, crd, tau, momentum, z_estimate="frozen", z_momentum=None, num_rows=N):
+        self.mem_s = crd.memory_student.rows.detach().double().clone()
+        self.mem_t = crd.memory_teacher.rows.detach().double().clone()
+        self.tau, self.momentum, self.num_rows = tau, momentum, num_rows
+        self.z_estimate, self.z_momentum = z_estimate, z_momentum
+        self.z = [None, None]  # student-anchor side, teacher-anchor side
+
+    def next_z(self, side, z_batch):
+        """Z to use for this batch on `side`, stored for the next step."""
+        old = self.z[side]
+        if old is None:
+            z = z_batch
+        elif self.z_estimate == "frozen":
+            z = old
+        else:
+            z = self.z_momentum * old + (1 - self.z_momentum) * z_batch
+        self.z[side] = z
+        return z
+
+    def step(self, f_s, f_t, index, negatives, objective="nce", invalid=None, positive="memory", update=True):
+        """Loss of one training step on head outputs f_s, f_t (B, D); then the memory update. Returns the loss."""
+        losses = []
+        for side, (anchors, others, memory) in enumerate(((f_s, f_t, self.mem_t), (f_t, f_s, self.mem_s))):
+            scores = []
+            for i in range(len(index)):
+                negs = negatives if negatives.dim() == 1 else negatives[i]
+                rows = torch.cat([index[i:i + 1], negs])  # positive first, then the K negatives
+                row_scores = (memory @ anchors[i])[rows]  # (K+1,): every row's dot product, picked (K may exceed N)
+                if positive == "batch":
+                    row_scores = torch.cat([(others[i].detach() @ anchors[i]).view(1), row_scores[1:]])
+                scores.append(row_scores / self.tau)  # (K+1,)
+            scores = torch.stack(scores)  # (B, K+1)
+            if objective == "infonce":
+                total = 0.0
+                for i in range(len(index)):
+                    row = scores[i] if invalid is None else torch.cat([scores[i, :1], scores[i, 1:][~invalid[i]]])
+                    total = total - torch.log_softmax(row, 0)[0]
+                losses.append(total / len(index))
+                continue
+            exp_scores = torch.exp(scores)
+            z_value = self.next_z(side, exp_scores.detach().mean().item() * self.num_rows)
+            p = exp_scores / z_value
+            c = negatives.shape[-1] / self.num_rows  # K / N: K noise samples from the uniform 1 / N
+            total = 0.0
+            for i in range(len(index)):
+                total = total - torch.log(p[i, 0] / (p[i, 0] + c + EPS))
+                negative_terms = torch.log(c / (p[i, 1:] + c + EPS))  # (K,)
+                if invalid is not None:
+                    negative_terms = negative_terms[~invalid[i]]
+                total = total - negative_terms.sum()
+            losses.append(total / len(index))
+        if update:  # new tensors: the loss's graph holds the old rows for its backward
+            with torch.no_grad():
+                self.mem_s, self.mem_t = self.mem_s.clone(), self.mem_t.clone()
+                for memory, emb in ((self.mem_s, f_s), (self.mem_t, f_t)):
+                    for i, row in enumerate(index.tolist()):
+                        mixed = self.momentum * memory[row] + (1 - self.momentum) * emb[i]
+                        memory[row] = mixed / mixed.norm()
+        return losses[0] + losses[1]
+
+
 def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), objective="nce", invalid=None,
                    positive="memory"):
-    """Per-sample CRD as written in the paper / reference: returns loss, Z values and the updated memories.
+    """One step of ReferenceCRD at the defaults' constants from the module's current memories: returns loss,
+    Z values and the updated memories. `z` gives each side's Z to keep (frozen), None for the batch's own.
 
     positive="batch" scores each anchor's positive against the other side's embedding of the same sample
     in this batch (a constant, like a memory row) instead of its memory row."""
-    f_s, f_t = crd.embed_student(s_emb), crd.embed_teacher(t_emb)
-    mem_s, mem_t = crd.memory_student.rows.clone(), crd.memory_teacher.rows.clone()
-    losses, z_out = [], []
-    for anchors, others, memory, z_given in ((f_s, f_t, mem_t, z[0]), (f_t, f_s, mem_s, z[1])):
-        scores = []
-        for i in range(len(index)):
-            negs = negatives if negatives.dim() == 1 else negatives[i]
-            rows = torch.cat([index[i:i + 1], negs])  # positive first, then the K negatives
-            vectors = memory[rows]
-            if positive == "batch":
-                vectors = torch.cat([others[i:i + 1].detach(), vectors[1:]])
-            scores.append(vectors @ anchors[i] / TAU)  # (K+1,)
-        scores = torch.stack(scores)  # (B, K+1)
-        if objective == "infonce":
-            total = 0.0
-            for i in range(len(index)):
-                row = scores[i] if invalid is None else torch.cat([scores[i, :1], scores[i, 1:][~invalid[i]]])
-                total = total - torch.log_softmax(row, 0)[0]
-            losses.append(total / len(index))
-            continue
-        exp_scores = torch.exp(scores)
-        z_value = z_given if z_given is not None else (exp_scores.mean() * N).item()
-        z_out.append(z_value)
-        p = exp_scores / z_value
-        k, c = negatives.shape[-1], negatives.shape[-1] / N
-        total = 0.0
-        for i in range(len(index)):
-            total = total - torch.log(p[i, 0] / (p[i, 0] + c + EPS))
-            for j in range(k):
-                if invalid is None or not invalid[i, j]:
-                    total = total - torch.log(c / (p[i, 1 + j] + c + EPS))
-        losses.append(total / len(index))
-    with torch.no_grad():
-        for memory, emb in ((mem_s, f_s), (mem_t, f_t)):
-            for i, row in enumerate(index.tolist()):
-                mixed = MOMENTUM * memory[row] + (1 - MOMENTUM) * emb[i]
-                memory[row] = mixed / mixed.norm()
-    return losses[0] + losses[1], z_out, mem_s, mem_t
+    reference = ReferenceCRD(crd, TAU, MOMENTUM)
+    reference.z = list(z)
+    f_s, f_t = reference_heads(crd, s_emb, t_emb)
+    loss = reference.step(f_s, f_t, index, negatives, objective=objective, invalid=invalid, positive=positive)
+    return loss, reference.z if objective == "nce" else [], reference.mem_s.float(), reference.mem_t.float()
 
 
 def head_grads(crd):
@@ -141,6 +188,89 @@ def test_matches_plain_per_sample_algorithm(score_all_rows):
     plain_loss2, _, _, _ = plain_crd_step(crd, s2, t2, index2, negatives2, z=tuple(plain_z))
     assert run_crd(crd, s2, t2, index2, negatives2).item() == pytest.approx(plain_loss2.item(), rel=1e-5)
     assert crd.z_student_anchor.log_z.exp().item() == pytest.approx(plain_z[0], rel=1e-5)
+
+
+def train_against_reference(crd, reference, labels, steps=24, batch_size=16, lr=2.0, seed=5):
+    """Train `crd`'s heads for `steps` SGD steps on random embeddings, checking every step against `reference`.
+
+    The module draws its own negatives (recorded, and checked here to be rows of other classes, or other rows
+    for unlabeled anchors); the reference scores the same rows. Loss, both heads' gradients, both memories and
+    both Z values must agree at every step. Returns the losses (to check that the run is not trivial)."""
+    num_rows = labels.numel()
+    g = torch.Generator().manual_seed(seed)
+    params = list(crd.parameters())
+    recorded = []
+    draw = crd.draw_negatives
+    crd.draw_negatives = lambda index: recorded.append(draw(index)) or recorded[-1]
+    losses = []
+    for step in range(steps):
+        index = torch.randperm(num_rows, generator=g)[:batch_size]
+        s_emb, t_emb = torch.randn(batch_size, S_DIM, generator=g), torch.randn(batch_size, T_DIM, generator=g)
+        recorded.clear()
+        crd.zero_grad()
+        f_s, f_t = reference_heads(crd, s_emb, t_emb)  # before the module's step moves anything
+        loss = run_crd(crd, s_emb, t_emb, index)
+        (negatives,) = recorded
+        anchor_labels = labels[index][:, None]
+        assert not ((labels[negatives] == anchor_labels) & (anchor_labels >= 0)).any()
+        assert not (negatives == index[:, None]).any()
+        expected = reference.step(f_s, f_t, index, negatives)
+        expected_grads = torch.autograd.grad(expected, params)
+        loss.backward()
+        assert loss.item() == pytest.approx(expected.item(), rel=2e-5), f"step {step}"
+        for ours, theirs in zip(head_grads(crd), expected_grads):
+            torch.testing.assert_close(ours, theirs.float(), rtol=1e-3, atol=1e-5, msg=f"step {step}")
+        torch.testing.assert_close(crd.memory_student.rows.double(), reference.mem_s, rtol=0, atol=2e-6)
+        torch.testing.assert_close(crd.memory_teacher.rows.double(), reference.mem_t, rtol=0, atol=2e-6)
+        for z, expected_z in ((crd.z_student_anchor, reference.z[0]), (crd.z_teacher_anchor, reference.z[1])):
+            assert z.log_z.exp().item() == pytest.approx(expected_z, rel=1e-5), f"step {step}"
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad
+        losses.append(loss.item())
+    crd.draw_negatives = draw
+    return losses
+
+
+def long_run_labels():
+    """64 rows, 7 classes, 5 unlabeled: a batch of 16 for 24 steps visits every row about 6 times."""
+    return make_labels(num_rows=64, num_classes=7, unlabeled=5, seed=3)
+
+
+def test_default_crd_matches_the_reference_over_24_training_steps():
+    """The module as a config without loss_params builds it (frozen Z, tau 0.07, momentum 0.5, K 16384, D 128)."""
+    labels = long_run_labels()
+    torch.manual_seed(0)
+    crd = build_distiller("crd", make_spec(labels, num_rows=64))
+    assert crd.feat_dim == 128 and crd.nce_k == 16384
+    reference = ReferenceCRD(crd, tau=0.07, momentum=0.5, z_estimate="frozen", num_rows=64)
+    losses = train_against_reference(crd, reference, labels)
+    first_z = reference.z  # frozen: still the first batch's values after 24 steps
+    assert len(set(losses)) == len(losses)
+    assert first_z[0] != pytest.approx(first_z[1], rel=1e-3)
+
+
+def test_ema_crd_at_non_default_constants_matches_the_reference_over_24_training_steps():
+    """tau 0.1, momentum 0.3 (a swapped m / 1 - m differs), Z momentum 0.9 (the stored Z differs from the
+    batch's), and the gathered-rows scoring path (score_all_rows False)."""
+    labels = long_run_labels()
+    torch.manual_seed(1)
+    crd = build_distiller("crd", make_spec(labels, num_rows=64), feat_dim=FEAT, nce_k=40, nce_t=0.1, nce_m=0.3,
+                          z_estimate="ema", z_momentum=0.9)
+    for memory in (crd.memory_student, crd.memory_teacher):
+        memory.score_all_rows = False
+    reference = ReferenceCRD(crd, tau=0.1, momentum=0.3, z_estimate="ema", z_momentum=0.9, num_rows=64)
+    z_history = []
+    step = reference.step
+
+    def step_recording_z(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        z_history.append(reference.z[0])
+        return loss
+
+    reference.step = step_recording_z
+    train_against_reference(crd, reference, labels)
+    assert max(z_history) > 1.2 * min(z_history)  # Z moved: a frozen Z would have failed the comparison
 
 
 @pytest.mark.parametrize("negatives_kind", ["per_sample", "shared"])
