@@ -16,6 +16,7 @@ from crossmodal.losses.at import last_stages
 from crossmodal.losses.cc import consecutive_correlation_loss, rbf_correlation
 from crossmodal.losses.fitnet import hint_regressor
 from crossmodal.losses.fsp import fsp_matrix
+from crossmodal.losses.ft import normalized_factor
 from crossmodal.losses.nst import polynomial_mmd
 from crossmodal.losses.zoo import DEFAULT_WEIGHTS
 
@@ -380,6 +381,12 @@ def test_ft_init_stage_trains_the_paraphraser_and_main_stage_the_translator(pair
     ft(student(batch["L"]), t_out, batch).backward()
     assert all_nonzero_grads(ft.translator.parameters())
     assert all(p.grad is None for p in ft.paraphraser.parameters())
+
+
+def test_ft_factor_is_the_normalised_channel_mean_of_squares_by_default_or_the_flat_factor():
+    factor = torch.tensor([[[[3.0, 0.0]], [[1.0, 2.0]]]])  # (B=1, C=2, H=1, W=2)
+    assert normalized_factor(factor)[0].tolist() == pytest.approx([5 / math.hypot(5, 2), 2 / math.hypot(5, 2)])
+    assert normalized_factor(factor, "flat")[0].tolist() == pytest.approx([v / math.sqrt(14) for v in (3, 0, 1, 2)])
 
 
 def test_ft_is_zero_when_the_translator_reproduces_the_teachers_factor(pair):

@@ -4,15 +4,16 @@ A paraphraser (3 convs down to rate * C_t channels, 3 transposed convs back) is 
 init stage (`init_epochs`, 30) to reconstruct the teacher's last stage map (MSE); it trains
 nothing else. Then a translator (3 convs with BN) maps the student's last stage to a factor of
 the same width, and the loss is the paper's p = 1 distance between L2-normalised factors
-(eq. 3), as the authors' code computes it (mean absolute difference of the flattened unit
-vectors):
+(eq. 3), the mean absolute difference of the two unit vectors:
 
-    mean | F_t / ||F_t||_2 - F_s / ||F_s||_2 |
+    mean | phi(F_t) / ||phi(F_t)||_2 - phi(F_s) / ||phi(F_s)||_2 |
 
+With the default `factor_form="attention"` (RepDistiller's), phi(F) is the factor's spatial map
+of channel-averaged squares, mean_c F_c^2, as in attention transfer; `factor_form="flat"` (the
+paper's eq. 3 and the FT authors' code, not the reference's setting) uses the whole flattened
+factor. `default_weight` 200 is RepDistiller's beta, set for the attention form.
 When the two factors differ in spatial size the larger is pooled to the smaller. The teacher's
 factor is computed without gradients, so the paraphraser stays fixed after its init stage.
-(RepDistiller first averages the squared factor over channels; the paper and the authors'
-code do not. `default_weight` 200 is RepDistiller's.)
 """
 from __future__ import annotations
 
@@ -46,9 +47,12 @@ class Paraphraser(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def normalized_factor(factor: torch.Tensor) -> torch.Tensor:
-    """Flatten a (B, C, H, W) factor and scale each sample to unit L2 norm: (B, C*H*W)."""
-    return F.normalize(factor.float().flatten(1), dim=1)
+def normalized_factor(factor: torch.Tensor, form: str = "attention") -> torch.Tensor:
+    """A (B, C, H, W) factor as one unit vector per sample: its map mean_c F^2 (B, H*W), or flat (B, C*H*W)."""
+    factor = factor.float()
+    if form == "attention":
+        factor = factor.pow(2).mean(1)  # (B, H, W)
+    return F.normalize(factor.flatten(1), dim=1)
 
 
 @register_distiller("ft")
@@ -59,8 +63,11 @@ class FactorTransfer(Distiller):
     init_epochs = 30
     init_trains_student = False  # the init stage trains the paraphraser only
 
-    def __init__(self, spec: DistillSpec, rate: float = 0.5, init_epochs: int = 30):
+    def __init__(self, spec: DistillSpec, rate: float = 0.5, init_epochs: int = 30, factor_form: str = "attention"):
         super().__init__(spec)
+        if factor_form not in ("attention", "flat"):
+            raise ConfigError(f"loss 'ft': factor_form={factor_form!r} is not one of 'attention', 'flat'")
+        self.factor_form = factor_form
         c_s, c_t = spec.student.features[-1][0], spec.teacher.features[-1][0]
         factor_channels = int(c_t * rate)
         if factor_channels < 1 or init_epochs < 0:
@@ -89,4 +96,4 @@ class FactorTransfer(Distiller):
             factor_t = self.paraphraser.encoder(t_out["features"][-1])  # (B, F, H_t, W_t)
         factor_s = self.translator(s_out["features"][-1])  # (B, F, H_s, W_s)
         factor_s, factor_t = pool_to_smaller(factor_s, factor_t)
-        return F.l1_loss(normalized_factor(factor_s), normalized_factor(factor_t))
+        return F.l1_loss(normalized_factor(factor_s, self.factor_form), normalized_factor(factor_t, self.factor_form))
