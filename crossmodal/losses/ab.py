@@ -1,15 +1,16 @@
 """Activation boundaries (Heo et al., AAAI 2019): transfer which neurons fire, in an init stage.
 
-A connector (1x1 conv + BN; identity when shapes already match) maps each paired student stage
-*before its last ReLU* (`preact_features`) to the teacher's; the loss is the paper's squared
-hinge around the teacher's activation boundary with margin mu (eq. 5):
+A connector maps each paired student stage *before its last ReLU* (`preact_features`) to the
+teacher's: identity when the shapes already match, else, as in RepDistiller, FitNet's regressor
+conv (crossmodal.losses.fitnet.regressor_conv: 1x1 for equal sizes, strided or transposed for a
+factor of 2) + BN, without its ReLU. The loss is the paper's squared hinge around the teacher's
+activation boundary with margin mu (eq. 5):
 
     rho(t) * relu(mu - s)^2 + (1 - rho(t)) * relu(mu + s)^2,   rho(t) = [t > 0]
 
 summed over elements, divided by the batch size, weighted 2^(i - n + 1) over the n paired stages
 (the deepest counts most) and scaled by 3e-3, as in the reference scripts, whose init-stage
-learning rate was tuned for that scale. Stages are paired and sizes pooled as in
-crossmodal.losses.at.
+learning rate was tuned for that scale. Stages are paired as in crossmodal.losses.at.
 
 As in the paper and the references, the transfer happens in an init stage (`init_epochs`, 30)
 that trains the connectors *and the student* (`init_trains_student`); afterwards `forward`
@@ -22,8 +23,9 @@ import torch
 import torch.nn as nn
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses.at import last_stages, pool_to_smaller
+from crossmodal.losses.at import last_stages
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
+from crossmodal.losses.fitnet import regressor_conv
 
 REFERENCE_SCALE = 3e-3
 
@@ -36,10 +38,15 @@ def boundary_loss(source: torch.Tensor, target: torch.Tensor, margin: float) -> 
 
 
 def connector(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> nn.Module:
-    """1x1 conv + BN from the student's channels to the teacher's (identity when they already agree)."""
+    """Regressor conv + BN from a student stage's shape to the teacher's (identity when they already agree)."""
     if s_shape == t_shape:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(s_shape[0], t_shape[0], 1, bias=False), nn.BatchNorm2d(t_shape[0]))
+    conv = regressor_conv(s_shape, t_shape)
+    if conv is None:
+        raise ConfigError(f"loss 'ab': cannot connect a {s_shape[1]}x{s_shape[2]} student stage to a "
+                          f"{t_shape[1]}x{t_shape[2]} teacher stage; the student map must be at least as large "
+                          "or exactly half the size")
+    return nn.Sequential(conv, nn.BatchNorm2d(t_shape[0]))
 
 
 @register_distiller("ab")
@@ -68,8 +75,7 @@ class ActivationBoundaries(Distiller):
         pairs = last_stages(s_out["preact_features"], t_out["preact_features"], "ab")
         total = 0.0
         for weight, connect, (f_s, f_t) in zip(self.stage_weights, self.connectors, pairs):
-            f_s, f_t = pool_to_smaller(connect(f_s), f_t)
-            total = total + weight * boundary_loss(f_s, f_t, self.margin) / f_s.shape[0]
+            total = total + weight * boundary_loss(connect(f_s), f_t, self.margin) / f_s.shape[0]
         return total * REFERENCE_SCALE
 
     def forward(self, s_out: dict, t_out: dict, batch: dict) -> torch.Tensor:

@@ -13,6 +13,8 @@ Regressor for student (C_s, H_s, W_s) -> teacher (C_t, H_t, W_t), as in the pape
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,23 +23,30 @@ from crossmodal.errors import ConfigError
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
 
 
-def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Sequential:
-    """Conv (or transposed conv) + BN + ReLU mapping a (C_s, H_s, W_s) map to (C_t, H_t, W_t)."""
+def regressor_conv(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> Optional[nn.Module]:
+    """The conv (or transposed conv) taking a (C_s, H_s, W_s) map to (C_t, H_t, W_t), or None if no rule fits."""
     (c_s, h_s, w_s), (c_t, h_t, w_t) = s_shape, t_shape
     if (h_s, w_s) == (h_t, w_t):
-        conv = nn.Conv2d(c_s, c_t, kernel_size=1)
-    elif (h_s, w_s) == (2 * h_t, 2 * w_t):
-        conv = nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1)
-    elif h_s >= h_t and w_s >= w_t:
-        conv = nn.Conv2d(c_s, c_t, kernel_size=(h_s - h_t + 1, w_s - w_t + 1))
-    elif (2 * h_s, 2 * w_s) == (h_t, w_t):
-        conv = nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
-    else:
+        return nn.Conv2d(c_s, c_t, kernel_size=1)
+    if (h_s, w_s) == (2 * h_t, 2 * w_t):
+        return nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1)
+    if h_s >= h_t and w_s >= w_t:
+        return nn.Conv2d(c_s, c_t, kernel_size=(h_s - h_t + 1, w_s - w_t + 1))
+    if (2 * h_s, 2 * w_s) == (h_t, w_t):
+        return nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
+    return None
+
+
+def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Sequential:
+    """Conv (or transposed conv) + BN + ReLU mapping a (C_s, H_s, W_s) map to (C_t, H_t, W_t)."""
+    conv = regressor_conv(s_shape, t_shape)
+    if conv is None:
         raise ConfigError(
-            f"loss 'fitnet': cannot regress a {h_s}x{w_s} student hint to a {h_t}x{w_t} teacher hint; "
-            "choose a hint_layer where the student map is at least as large or exactly half the size"
+            f"loss 'fitnet': cannot regress a {s_shape[1]}x{s_shape[2]} student hint to a "
+            f"{t_shape[1]}x{t_shape[2]} teacher hint; choose a hint_layer where the student map is at least "
+            "as large or exactly half the size"
         )
-    return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
+    return nn.Sequential(conv, nn.BatchNorm2d(t_shape[0]), nn.ReLU(inplace=True))
 
 
 @register_distiller("fitnet")
