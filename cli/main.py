@@ -21,7 +21,7 @@ COMMANDS = {
 
 
 class App(click.Group):
-    """A group that loads subcommands lazily and turns user errors into one line and exit code 2."""
+    """A group that loads subcommands lazily and runs them inside the error boundary (cli/boundary.py)."""
 
     def list_commands(self, ctx):
         return [n for n, target in COMMANDS.items() if importlib.util.find_spec(target.split(":")[0])]
@@ -33,17 +33,14 @@ class App(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
-    def invoke(self, ctx):
-        from crossmodal.errors import CrossmodalError
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Run the command inside the error boundary (cli/boundary.py); exit with its status."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from cli.boundary import run_guarded
 
-        try:
-            return super().invoke(ctx)
-        except CrossmodalError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        sys.exit(run_guarded(lambda: super(App, self).main(args, prog_name, complete_var, standalone_mode=False,
+                                                           **extra)))
 
 
 @click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

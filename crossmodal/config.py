@@ -28,7 +28,7 @@ import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional, TypeVar, Union
+from typing import Any, ClassVar, Iterable, Literal, Optional, TypeVar, Union
 
 import yaml
 
@@ -37,6 +37,47 @@ from crossmodal.errors import ConfigError
 REQUIRED: Any = "???"  # sentinel default: the key must be given
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The numbers a config key accepts (None = unbounded); a section lists its keys' bounds in BOUNDS.
+
+    A bound on a list or mapping applies to each of its items (milestones, loss weights)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+
+    def allows(self, value) -> bool:
+        """True when `value` lies within the bound (NaN never does)."""
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        """'>= 1', '> 0', 'in [0, 1)'."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def at_least(low: float) -> Bound:
+    """Bound: value >= low."""
+    return Bound(low=low)
+
+
+def above(low: float) -> Bound:
+    """Bound: value > low."""
+    return Bound(low=low, low_open=True)
+
+
+FRACTION = Bound(0, 1, high_open=True)  # [0, 1)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -52,6 +93,9 @@ class AugmentConfig:
     random_resized_crop: Optional[int] = None  # RandomResizedCrop output size (ImageNet style)
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area range of random_resized_crop
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"crop": at_least(1), "padding": at_least(0),
+                                          "random_resized_crop": at_least(1), "scale": Bound(0, 1, low_open=True)}
+
 
 @dataclass
 class DataConfig:
@@ -63,6 +107,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preload: bool = False  # read the whole split into memory once
     workers: int = 0  # DataLoader worker processes
+    BOUNDS: ClassVar[dict[str, Bound]] = {"workers": at_least(0)}
 
 
 @dataclass
@@ -92,6 +137,11 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None  # max global gradient L2 norm
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "lr": above(0), "momentum": FRACTION, "weight_decay": at_least(0), "batch_size": at_least(1),
+        "epochs": at_least(1), "milestones": at_least(1), "gamma": above(0), "warmup_epochs": at_least(0),
+        "label_smoothing": FRACTION, "grad_clip": above(0)}
+
 
 @dataclass
 class EngineConfig:
@@ -108,6 +158,8 @@ class EngineConfig:
     save_every: int = 1  # write last.pt every N epochs (and always after the last)
     log_every: int = 50  # steps between progress-bar / TensorBoard updates
     progress: bool = True  # show the tqdm progress bar
+    BOUNDS: ClassVar[dict[str, Bound]] = {"max_steps_per_epoch": at_least(1), "eval_every": at_least(1),
+                                          "save_every": at_least(1), "log_every": at_least(1)}
 
 
 @dataclass
@@ -132,22 +184,75 @@ class TeachConfig(RunConfig):
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path, schema_cls: type[T], overrides: Iterable = ()) -> T:
-    """Read YAML `path`, apply `overrides` ('a.b=c' strings or (key, value) pairs), validate into `schema_cls`."""
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything this large is not one
+MAX_CONFIG_NODES = 100_000  # values after expanding YAML aliases (an "alias bomb" expands to billions)
+
+
+def read_yaml(path: str | Path):
+    """Parse a YAML config file safely: UTF-8, at most MAX_CONFIG_BYTES, aliases expanding to few values.
+
+    Raises ConfigError naming the file (and the line of a syntax error)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file; pass a YAML config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a short YAML file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str):
+    """yaml.safe_load `text`, refusing syntax errors and alias bombs with a ConfigError naming `source`."""
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{source}: not valid YAML{line}: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
+    _check_size(raw, source)
+    return raw
+
+
+def _check_size(raw, source: str) -> None:
+    """ConfigError when `raw`, with aliases expanded, holds more than MAX_CONFIG_NODES values (or loops)."""
+    stack, seen = [raw], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ConfigError(f"{source}: expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases?); "
+                              f"write the config out plainly")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def load_config(path: str | Path, schema_cls: type[T], overrides: Iterable = ()) -> T:
+    """Read YAML `path`, apply `overrides` ('a.b=c' strings or (key, value) pairs), validate into `schema_cls`."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     for key, value in (parse_override(o) for o in overrides):
         where = f"--set {key}"
-        _convert(check_key_path(schema_cls, key, where), value, where, key)  # errors name the override
+        converted = _convert(check_key_path(schema_cls, key, where), value, where, key)  # errors name the override
+        _check_override_bound(schema_cls, key, converted, where)
         set_dotted(raw, key, value, where)
     if "name" in _fields(schema_cls) and not raw.get("name"):
         raw["name"] = path.stem
@@ -161,10 +266,7 @@ def parse_override(override) -> tuple[str, Any]:
     key, sep, text = str(override).partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {override!r}: the value is not valid YAML") from None
+    value = parse_yaml(text, f"--set {override!r}") if text.strip() else None
     return key.strip(), value
 
 
@@ -182,11 +284,24 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>", prefix: str = 
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], source, prefix + name)
+            check_bound(cls, name, kwargs[name], source, prefix + name)
         elif dataclasses.is_dataclass(hints[name]):  # an absent section: its own required keys still count
             kwargs[name] = from_dict(hints[name], {}, source, prefix + name + ".")
         elif f.default is REQUIRED:
             raise ConfigError(f"{source}: missing required key {prefix + name!r}")
     return cls(**kwargs)
+
+
+def check_bound(cls, name: str, value, source: str, key: str) -> None:
+    """ConfigError naming `source` and `key` when `value` (or an item of it) is outside cls.BOUNDS[name]."""
+    bound = getattr(cls, "BOUNDS", {}).get(name)
+    if bound is None:
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else [(None, value)]
+    for sub, item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not bound.allows(item):
+            where = key if sub is None else f"{key}.{sub}"
+            raise ConfigError(f"{source}: {where!r} must be {bound.describe()}, got {item!r}")
 
 
 def config_to_dict(cfg) -> dict:
@@ -212,9 +327,12 @@ def atomic_write(path: str | Path, mode: str = "wb"):
 
     Readers (and a run killed mid-write) see either the old file or the complete new one.
     """
+    from crossmodal.tempfiles import remove_stale_temporaries, temp_prefix
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)  # of a writer killed mid-write (SIGKILL): its pid is in the name
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
         with os.fdopen(fd, mode) as f:
@@ -223,7 +341,10 @@ def atomic_write(path: str | Path, mode: str = "wb"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass  # keep the original error, not the cleanup's
         raise
 
 
@@ -358,6 +479,18 @@ def check_key_path(schema_cls, key: str, where: str):
         tp = _child_type(tp, part, where, prefix)
         prefix += part + "."
     return tp
+
+
+def _check_override_bound(schema_cls, key: str, value, where: str) -> None:
+    """Check an override's value against the bound of the field it sets (or of the field holding it)."""
+    tp, owner, name = schema_cls, None, None
+    for part in key.split("."):
+        if dataclasses.is_dataclass(_strip_optional(tp)):
+            owner, name = _strip_optional(tp), part
+        tp = _child_type(tp, part, where, "")
+    if owner is None:
+        return
+    check_bound(owner, name, value, where, key)  # a whole list or mapping, or one item of it
 
 
 def set_dotted(raw: dict, key: str, value, where: str) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import lzma
 import mmap
 import os
 import pickle
+import stat
 import zipfile
 import zlib
 from collections import Counter
@@ -25,6 +27,8 @@ import numpy as np
 
 from crossmodal.errors import DataError
 from data_prep.source import Source, SplitSource
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 SPLIT_ORDER = ("train", "test")  # written first, in this order; other splits follow sorted
@@ -70,22 +74,41 @@ class FileTree:
 
 
 def _list_directory(root: Path) -> FileTree:
-    """Walk a directory (hidden entries skipped)."""
+    """Walk a directory (hidden entries skipped); only regular files (or links to them) count as files.
+
+    A FIFO, socket or device named *.jpg is left out: reading one would block or never end.
+    """
     files, dirs = {}, set()
     for folder, subdirs, names in os.walk(root):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         rel = Path(folder).relative_to(root).as_posix()
         prefix = "" if rel == "." else rel + "/"
         dirs.update(prefix + d for d in subdirs)
-        files.update((prefix + n, os.path.join(folder, n)) for n in names if not n.startswith("."))
+        with os.scandir(folder) as entries:
+            regular = {e.name for e in entries if e.is_file()}  # d_type from the listing: no extra stat
+        files.update((prefix + n, os.path.join(folder, n)) for n in names if not n.startswith(".") and n in regular)
 
-    def read(path: str):
-        try:
-            return np.fromfile(path, np.uint8)
-        except OSError:
-            return b""  # unreadable file: counted as an unreadable image
+    return FileTree(files, dirs, read_regular_file, lambda rel: str(root / rel))
 
-    return FileTree(files, dirs, read, lambda rel: str(root / rel))
+
+def read_regular_file(path: str) -> bytes | np.ndarray:
+    """The bytes of a regular file, or b"" (an unreadable image) for anything else or an I/O error.
+
+    Opened non-blocking and checked with fstat, so a file swapped for a FIFO after listing cannot hang the run.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return np.frombuffer(f.read(), np.uint8)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _tar_number(field: bytes) -> int:
@@ -101,6 +124,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
     while pos < len(data) and data[pos:pos + 1] != b"\0":
         space = data.index(b" ", pos)
         length = int(data[pos:space])
+        # a record holds at least its own length field and "\n" and ends inside the header: anything else
+        # (a zero length would never advance) is a damaged header
+        if length <= space - pos + 1 or pos + length > len(data) or data[pos + length - 1:pos + length] != b"\n":
+            raise ValueError(f"bad pax record length {length}")
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
         records[key.decode()] = value.decode("utf-8", "replace")
         pos += length
@@ -142,6 +169,8 @@ def _parse_tar(buf, src: Path) -> FileTree:
             stored.append(_tar_number(header[148:156]))
             kind = header[156:157]
             size = int(pax["size"]) if "size" in pax else _tar_number(header[124:136])
+            if size < 0:
+                raise ValueError(f"negative member size {size}")
         except (ValueError, IndexError):
             raise corrupt(pos) from None
         starts.append(pos)
@@ -157,7 +186,7 @@ def _parse_tar(buf, src: Path) -> FileTree:
         if kind == b"x":
             try:
                 pax = _pax_records(bytes(view[data:data + size]))
-            except ValueError:
+            except (ValueError, UnicodeDecodeError):
                 raise corrupt(data - 512) from None
             continue
         if kind == b"g":
@@ -180,6 +209,18 @@ def _parse_tar(buf, src: Path) -> FileTree:
     return FileTree(files, dirs, lambda handle: handle, lambda rel: f"{src}:{rel}")
 
 
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}  # what zipfile reads
+
+
+def _zip_member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member cannot be read without a password or another decompressor, or None."""
+    if info.flag_bits & 0x1:
+        return "encrypted"
+    if info.compress_type not in ZIP_METHODS:
+        return f"compression method {info.compress_type}"
+    return None
+
+
 def _list_zip(src: Path) -> FileTree:
     """Index a zip archive; members are read (and CRC-checked) on demand, thread-safely."""
     try:
@@ -188,11 +229,17 @@ def _list_zip(src: Path) -> FileTree:
         raise DataError(f"{src}: truncated or corrupt zip archive ({e}); download it again") from None
     files = {i.filename: i for i in archive.infolist() if not i.is_dir()}
     dirs = {i.filename.rstrip("/") for i in archive.infolist() if i.is_dir()}
+    unreadable = [i.filename for i in files.values() if _zip_member_problem(i)]
+    if unreadable:
+        log.warning("%s: %d member(s) are encrypted or use a compression Python cannot read (e.g. %s); they are "
+                    "skipped and counted as unreadable images", src, len(unreadable), unreadable[0])
 
     def read(info: zipfile.ZipInfo):
+        if _zip_member_problem(info):
+            return b""  # counted as an unreadable image (stops the run under --strict)
         try:
             return archive.read(info)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError, OSError) as e:
             raise DataError(f"{src}:{info.filename}: corrupt archive member ({e}); download it again") from None
 
     return FileTree(files, dirs, read, lambda rel: f"{src}:{rel}")
@@ -357,16 +404,58 @@ def _download(torchvision_class: str, root: Path, **kwargs) -> None:
                         f"by hand") from None
 
 
+def _numpy_reconstruct():
+    """numpy's array-unpickling helper (numpy.core.multiarray._reconstruct; numpy 2 moved it to numpy._core)."""
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._reconstruct
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """_codecs.encode as protocol-2 pickles use it (bytes stored as latin-1 text); no other codec is run."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
+        raise pickle.UnpicklingError(f"it encodes with {encoding!r}, which no CIFAR batch does; refused")
+    return text.encode("latin1")
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's python batches hold: dicts, lists, str/bytes, numbers and numpy arrays.
+
+    A plain pickle.load runs whatever a crafted file names (os.system, ...); here every global
+    other than the three that rebuild a numpy array (and latin-1 bytes of protocol 2) is refused
+    before anything is called.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+        ("_codecs", "encode"): lambda: _latin1_bytes,  # how Python 3 writes bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str):
+        make = self.ALLOWED.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR batch holds; refused unread")
+        return make()
+
+
 def _load_pickle(path: Path, folder_hint: str) -> dict:
-    """Load one CIFAR pickle as a dict with str keys."""
+    """Load one CIFAR pickle (restricted: see CifarUnpickler) as a dict with str keys."""
     if not path.is_file():
         raise DataError(f"{path}: missing; expected torchvision's {folder_hint} layout (pass --download to fetch it)")
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, ImportError) as e:
+            entry = CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError, KeyError,
+            MemoryError, RecursionError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a CIFAR pickle ({type(e).__name__}: {e}); download it again") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR pickle (holds a {type(entry).__name__}, not a dict); download it again")
+    for value in entry.values():
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise DataError(f"{path}: not a CIFAR pickle (an array of Python objects); download it again")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
 def _cifar_split(paths: list[Path], layout: CifarLayout, num_classes: int, name: str) -> SplitSource:
@@ -379,6 +468,8 @@ def _cifar_split(paths: list[Path], layout: CifarLayout, num_classes: int, name:
             batch_labels = np.asarray(entry[layout.label_key], dtype=np.int64)
         except KeyError as e:
             raise DataError(f"{path}: CIFAR pickle has no {e.args[0]!r} entry; download it again") from None
+        except (ValueError, TypeError, OverflowError) as e:
+            raise DataError(f"{path}: CIFAR pickle holds no image rows and labels ({e}); download it again") from None
         if rows.ndim != 2 or rows.shape[1] != 3072 or len(batch_labels) != len(rows):
             raise DataError(f"{path}: data is {rows.shape} with {len(batch_labels)} labels, expected (N, 3072) and N")
         if len(batch_labels) and not 0 <= batch_labels.min() <= batch_labels.max() < num_classes:
@@ -398,7 +489,9 @@ def _read_cifar(kind: str, root: str | Path, download: bool) -> Source:
     folder = root if (root / layout.meta_file).is_file() else root / layout.folder
     if not folder.is_dir():
         raise DataError(f"{root}: no {layout.folder} folder (torchvision's layout); pass --download to fetch it")
-    class_names = [str(n) for n in _load_pickle(folder / layout.meta_file, layout.folder).get(layout.names_key, [])]
+    names = _load_pickle(folder / layout.meta_file, layout.folder).get(layout.names_key, [])
+    class_names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names] \
+        if isinstance(names, (list, tuple)) else []
     if not class_names:
         raise DataError(f"{folder / layout.meta_file}: no {layout.names_key!r} entry; download it again")
     splits = [_cifar_split([folder / f for f in files], layout, len(class_names), name)

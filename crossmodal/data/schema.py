@@ -56,7 +56,11 @@ def validate(f: h5py.File, path: str | Path) -> dict:
     if version != SCHEMA_VERSION:
         raise DataError(f"{path}: schema_version {version}, this crossmodal reads {SCHEMA_VERSION}; re-run `crossmodal prepare`")
     class_names = read_json_attr(f, "class_names", path)
+    if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+        raise DataError(f"{path}: attribute 'class_names' must be a JSON list of strings")
     stats = read_json_attr(f, "stats", path)
+    if not isinstance(stats, dict):
+        raise DataError(f"{path}: attribute 'stats' must be a JSON mapping of modality to mean/std")
     splits = {}
     for split, group in f.items():
         if not isinstance(group, h5py.Group):
@@ -64,6 +68,7 @@ def validate(f: h5py.File, path: str | Path) -> dict:
         if "label" not in group:
             raise DataError(f"{path}: split {split!r} has no 'label' dataset")
         n = group["label"].shape[0]
+        _check_labels(group["label"], len(class_names), f"{path}: {split}/label")
         mods = {}
         for name, ds in group.items():
             if name in EXTRA_DATASETS:
@@ -96,6 +101,21 @@ def validate(f: h5py.File, path: str | Path) -> dict:
     }
 
 
+LABEL_BLOCK = 1 << 20  # labels checked this many at a time (8 MiB)
+
+
+def _check_labels(ds, num_classes: int, where: str) -> None:
+    """DataError unless the labels are 1-D integers in -1..num_classes-1 (-1 = none)."""
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "iu":
+        raise DataError(f"{where}: must be a 1-D integer dataset, got {getattr(ds, 'dtype', type(ds).__name__)}")
+    for start in range(0, ds.shape[0], LABEL_BLOCK):
+        block = ds[start:start + LABEL_BLOCK]
+        if block.size and (block.min() < -1 or block.max() >= num_classes):
+            bad = block[(block < -1) | (block >= num_classes)][0]
+            raise DataError(f"{where}: label {int(bad)} is outside -1..{num_classes - 1} (the file names "
+                            f"{num_classes} classes); re-run `crossmodal prepare`")
+
+
 def open_prepared(path: str | Path) -> tuple[h5py.File, dict]:
     """Open a prepared file read-only and validate it; raise DataError with the path on any problem."""
     path = Path(path)
@@ -107,6 +127,12 @@ def open_prepared(path: str | Path) -> tuple[h5py.File, dict]:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
     try:
         return f, validate(f, path)
-    except Exception:
+    except DataError:
+        f.close()
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py on a damaged file
+        f.close()
+        raise DataError(f"{path}: damaged or not a prepared file ({type(e).__name__}: {e})") from None
+    except BaseException:
         f.close()
         raise

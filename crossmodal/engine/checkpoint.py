@@ -35,8 +35,32 @@ class CheckpointError(CrossmodalError):
 
 def save_checkpoint(path: str | Path, obj: dict) -> None:
     """torch.save `obj` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write (disk full) as a RuntimeError
+        reason = _write_failure_reason(e, Path(path))
+        raise CheckpointError(f"{path}: could not be written ({reason}); the previous {Path(path).name} is kept; "
+                              f"free some space and continue with --resume") from None
+
+
+def _write_failure_reason(e: BaseException, path: Path) -> str:
+    """The OSError behind a failed save (torch wraps it), else the folder's free space, else torch's message."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    try:
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free
+        if free < (64 << 20):
+            return f"No space left on device? {free / 1e6:.1f} MB free"
+    except OSError:
+        pass
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

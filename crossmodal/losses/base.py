@@ -84,6 +84,9 @@ class Distiller(nn.Module):
     def forward(self, s_out: dict, t_out, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def check_training_split(self, num_samples: int) -> None:
+        """Raise ConfigError when a training split of `num_samples` rows cannot serve this loss (any can, here)."""
+
     def init_parameters(self):
         """Parameters trained by the init stage (empty unless init_epochs > 0)."""
         return []

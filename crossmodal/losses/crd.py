@@ -117,6 +117,13 @@ class CRDLoss(Distiller):
         self.z_teacher_anchor = PartitionEstimate(z_estimate, z_momentum)
         self.classes = self._class_index(spec) if mode == "exact" else None
 
+    def check_training_split(self, num_samples: int) -> None:
+        """A run needs fewer negatives per anchor than samples: at nce_k >= N every anchor sees only repeats."""
+        if self.nce_k >= num_samples:
+            raise ConfigError(f"loss_params.crd.nce_k={self.nce_k} is not below the {num_samples} samples of the "
+                              f"training split; set it below {num_samples} (e.g. --set loss_params.crd.nce_k="
+                              f"{max(1, num_samples // 2)})")
+
     def _class_index(self, spec: DistillSpec) -> ClassIndex:
         """Class buffers for `exact` sampling, checked against the memory size."""
         if spec.train_labels is None:

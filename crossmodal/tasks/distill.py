@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
 
-from crossmodal.config import REQUIRED, ModelConfig, RunConfig
+from crossmodal.config import REQUIRED, Bound, ModelConfig, RunConfig, above, at_least
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
 from crossmodal.engine import ModelMeta, Task, Trainer, load_model, run_dir_for, seed_everything
@@ -56,6 +56,8 @@ class DistillConfig(RunConfig):
     losses: dict[str, Optional[float]] = field(default_factory=lambda: {"ce": 1.0, "kd": 1.0, "crd": 0.8})
     loss_params: dict[str, dict] = field(default_factory=dict)  # loss name -> its keyword parameters
     init_lr: Optional[float] = None  # lr of the init stage (AB/FT/FSP); default optim.lr
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"losses": at_least(0), "init_lr": above(0)}
 
 
 class TeacherInput(nn.Module):
@@ -179,6 +181,8 @@ def resolve_weights(cfg: DistillConfig) -> dict[str, float]:
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"losses.{name}: unknown loss{hint} (known: {', '.join(known)})")
         weights[name] = float(DISTILLERS[name].default_weight if weight is None else weight)
+    if not any(weights.values()):
+        raise ConfigError(f"losses: every weight is 0 ({', '.join(weights)}); nothing would train the student")
     for name in cfg.loss_params:
         if name not in weights:
             raise ConfigError(f"loss_params.{name}: {name!r} is not in `losses` ({', '.join(weights)})")
@@ -232,6 +236,9 @@ def build_distill_task(cfg: DistillConfig, train: PreparedDataset) -> DistillTas
             losses[name] = nn.ModuleList(instances[:1])
         else:
             losses[name] = nn.ModuleList([build_distiller(name, spec, **params) for spec in specs])
+    for modules in losses.values():
+        for module in modules:
+            module.check_training_split(len(train))
     return DistillTask(student, meta, teachers, losses, weights, combined)
 
 

@@ -31,14 +31,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 import torch
 import torch.nn as nn
-import yaml
 
-from crossmodal.config import (REQUIRED, OptimConfig, RunConfig, check_key_path, config_to_dict, from_dict,
-                               load_config, parse_override, save_config, set_dotted)
+from crossmodal.config import (REQUIRED, Bound, OptimConfig, RunConfig, check_key_path, config_to_dict, from_dict,
+                               load_config, parse_override, read_yaml, save_config, set_dotted, at_least)
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import open_prepared
 from crossmodal.data.transforms import PairedAugment
@@ -66,6 +65,8 @@ class DenseConfig:
     hidden: int = 0  # 0: per-pixel linear head; N: 1x1 conv to N channels, ReLU, 1x1 conv
     finetune: bool = False  # train the backbone with the head
     folds: int = 2  # k-fold over labelled frames when train_split == test_split
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"hidden": at_least(0), "folds": at_least(2)}
 
 
 @dataclass
@@ -115,7 +116,7 @@ def load_probe_config(path: Optional[str | Path] = None, overrides=(), method: O
     """ProbeConfig from a YAML file and/or overrides ('a.b=c' or (key, value)); `method` is the subcommand's."""
     overrides = list(overrides) + ([("method", method)] if method else [])
     if path is not None:
-        raw = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        raw = read_yaml(path)
         if method and isinstance(raw, dict) and raw.get("method", method) != method:
             raise ConfigError(f"{path}: says method {raw['method']!r}; run `crossmodal probe {raw['method']} {path}`")
         return load_config(path, ProbeConfig, overrides)
