@@ -1,6 +1,7 @@
 """`distill`: compression, cross-modal, ensemble and init-stage runs end to end on tiny files."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -65,12 +66,21 @@ def test_compression_crd_kd_records_teacher_and_crd_state(tmp_path, prepared, rg
     teacher = ckpt["task_meta"]["teachers"][0]
     assert teacher["sha256"] == file_sha256(rgb_teacher) and teacher["modality"] == "rgb"
     assert ckpt["task_meta"]["losses"] == {"ce": 1.0, "kd": 1.0, "crd": 0.8}
-    memories = [k for k in ckpt["task"] if k.startswith("losses.crd.")]
-    assert memories, "CRD heads and memories must be saved with the run"
-    header = (run / "metrics.csv").read_text().splitlines()[0]
+    state = ckpt["task"]
+    # CRD's heads, memories (one unit row per training sample) and Z values are saved with the run.
+    for side in ("student", "teacher"):
+        rows = state[f"losses.crd.0.memory_{side}.rows"]
+        assert rows.shape == (32, 128)
+        torch.testing.assert_close(rows.norm(dim=1), torch.ones(32))
+        assert state[f"losses.crd.0.z_{side}_anchor.initialised"].item()
+    assert state["losses.crd.0.embed_student.linear.weight"].shape == (128, 64)
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     for term in ("train_ce", "train_kd", "train_crd"):
-        assert term in header
-    assert 0.0 <= summary["best_test_top1"] <= 100.0
+        assert term in rows[0]
+    # One epoch: the best test top-1 is that epoch's, a whole number of the 16 test samples.
+    assert summary["best_test_top1"] == pytest.approx(float(rows[-1]["test_top1"]), abs=1e-3)
+    assert (summary["best_test_top1"] * 16 / 100) == pytest.approx(round(summary["best_test_top1"] * 16 / 100))
     # The student is a normal model checkpoint: probe/distill can load it.
     model, meta = load_model(run / "best.pt")
     assert meta["arch"] == "resnet8" and meta["modality"] == "rgb"
@@ -108,6 +118,32 @@ def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_te
     run_distill(cfg)
     teachers = load_checkpoint(tmp_path / "runs" / "student" / "last.pt")["task_meta"]["teachers"]
     assert [t["modality"] for t in teachers] == ["rgb", "L"]
+
+
+def test_distill_loss_is_the_weighted_sum_of_its_terms(tmp_path, prepared, rgb_teacher):
+    """Weights other than 1 multiply each term (ce, kd, crd), in the total and in the logged terms."""
+    weights = {"ce": 0.3, "kd": 2.5, "crd": 0.7}
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], weights, loss_params={"crd": {"nce_k": 16}})
+    from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
+
+    train, _ = build_distill_datasets(cfg)
+    task = build_distill_task(cfg, train).eval()  # eval: CRD leaves its memories and Z as they are
+    batch = {k: torch.stack([train[i][k] for i in range(6)]) for k in ("rgb", "label", "index")}
+    torch.manual_seed(3)  # CRD's negatives
+    total, terms, _ = task(batch)
+    with torch.no_grad():
+        s_out, t_out = task.model(batch["rgb"]), task.teacher_outputs(batch)[0]
+        labels = batch["label"]
+        ce = torch.nn.functional.cross_entropy(s_out["logits"], labels)
+        p_t = torch.softmax(t_out["logits"] / 4, dim=1)
+        kd = 16 * (p_t * (p_t.log() - torch.log_softmax(s_out["logits"] / 4, dim=1))).sum(1).mean()
+        torch.manual_seed(3)
+        crd = task.losses["crd"][0](s_out, t_out, batch)
+    unweighted = {"ce": ce.item(), "kd": kd.item(), "crd": crd.item()}
+    for name, weight in weights.items():
+        assert terms[name].item() == pytest.approx(weight * unweighted[name], rel=1e-4), name
+    assert total.item() == pytest.approx(sum(w * unweighted[n] for n, w in weights.items()), rel=1e-4)
+    assert min(unweighted.values()) > 1e-3  # every term counts, so a dropped weight changes the total
 
 
 def test_init_stage_runs_first_and_only_trains_what_it_names(tmp_path, prepared, rgb_teacher):
