@@ -75,9 +75,8 @@ class ContrastMemory(nn.Module):
         super().__init__()
         self.momentum = momentum
         self.score_all_rows = score_all_rows
-        self.register_buffer("rows", init_memory_rows(num_rows, dim))  # (N, D)
-        # Set when autograd saved `rows` itself (all-rows path): the update must then not write in place.
-        self._rows_saved_for_backward = False
+        # (N, D), updated in place only: the tensor never moves, so a captured CUDA graph keeps seeing it.
+        self.register_buffer("rows", init_memory_rows(num_rows, dim))
 
     @property
     def num_rows(self) -> int:
@@ -90,7 +89,6 @@ class ContrastMemory(nn.Module):
         `negatives` is (B, K), one set per anchor, or (K,), one set shared by the batch.
         """
         rows = self.rows
-        self._rows_saved_for_backward = False
         if negatives.dim() == 1:  # shared negatives: one (B, D) x (D, K) matmul
             positive = (anchors * rows[index]).sum(dim=1, keepdim=True)  # (B, 1)
             return torch.cat([positive, anchors @ rows[negatives].T], dim=1)  # (B, K+1)
@@ -99,7 +97,11 @@ class ContrastMemory(nn.Module):
         if all_rows is None:
             all_rows = self.num_rows <= ALL_ROWS_FACTOR * negatives.shape[1]
         if all_rows:
-            self._rows_saved_for_backward = torch.is_grad_enabled() and anchors.requires_grad
+            if torch.is_grad_enabled() and anchors.requires_grad:
+                # Autograd keeps the rows for the matmul's backward, and the memory update writes them in
+                # place before that backward runs: it keeps a copy (one N x D copy a step, as an
+                # out-of-place update would cost).
+                rows = rows.clone()
             return (anchors @ rows.T).gather(1, columns)  # (B, N) -> (B, K+1)
         gathered = rows.index_select(0, columns.flatten()).view(*columns.shape, -1)  # (B, K+1, D)
         return torch.bmm(gathered, anchors[:, :, None]).squeeze(2)  # (B, K+1, D) x (B, D, 1) -> (B, K+1)
@@ -108,12 +110,7 @@ class ContrastMemory(nn.Module):
     def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Move rows `index` (B,) towards `embeddings` (B, D) with momentum and renormalise (no autograd)."""
         updated = momentum_rows(self.rows[index], embeddings.to(self.rows.dtype), self.momentum)  # (B, D)
-        if self._rows_saved_for_backward:
-            # Autograd holds `rows` for the backward of the (B, N) matmul; an in-place write would corrupt it.
-            self.rows = self.rows.index_copy(0, index, updated)
-            self._rows_saved_for_backward = False
-        else:
-            self.rows.index_copy_(0, index, updated)
+        self.rows.index_copy_(0, index, updated)
 
 
 # ---------------------------------------------------------------------------------- negative sampling
