@@ -107,6 +107,9 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preload: bool = False  # read the whole split into memory once
     workers: int = 0  # DataLoader worker processes
+    # Keep the split on the device and augment it there in batches (crossmodal.data.device_data);
+    # auto = on with CUDA when the split takes at most a quarter of the free GPU memory.
+    device_resident: Union[Literal["auto"], bool] = "auto"
     BOUNDS: ClassVar[dict[str, Bound]] = {"workers": at_least(0)}
 
 
@@ -158,6 +161,8 @@ class EngineConfig:
     save_every: int = 1  # write last.pt every N epochs (and always after the last)
     log_every: int = 50  # steps between progress-bar / TensorBoard updates
     progress: bool = True  # show the tqdm progress bar
+    # Capture the training step as one CUDA graph (crossmodal.engine.step); auto = wherever it applies.
+    cuda_graph: Union[Literal["auto"], bool] = "auto"
     BOUNDS: ClassVar[dict[str, Bound]] = {"max_steps_per_epoch": at_least(1), "eval_every": at_least(1),
                                           "save_every": at_least(1), "log_every": at_least(1)}
 

@@ -26,8 +26,10 @@ from crossmodal.config import OptimConfig
 from crossmodal.errors import ConfigError
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW over `params`, weight decay on every parameter (as the paper's code)."""
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW over `params`, weight decay on every parameter (as the paper's code).
+
+    `fused`: SGD's fused kernel, which takes the lr as a device tensor (the captured step needs it)."""
     params = list(params)
     if not params:
         raise ConfigError("nothing to train: the task has no parameter with requires_grad")
@@ -37,7 +39,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
         if cfg.nesterov and cfg.momentum <= 0:
             raise ConfigError("optim.nesterov needs optim.momentum > 0")
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused or None)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

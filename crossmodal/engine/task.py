@@ -34,6 +34,9 @@ Rules the engine relies on:
 - `meta` (ModelMeta) tells load_model how to rebuild `self.model` from a checkpoint.
 - `select_best_by_accuracy` (default True): best.pt is the epoch with the best test top-1; a task
   whose classifier head no loss trains (label-free distillation) sets it False: best = latest.
+- `capturable` (default False): the step may be recorded as a CUDA graph (crossmodal.engine.step):
+  it reads nothing back to the host, branches on no tensor value, and keeps every shape and every
+  tensor it updates (buffers written in place, never reassigned).
 """
 from __future__ import annotations
 
@@ -71,6 +74,8 @@ class ModelMeta:
 
 class Task(nn.Module):
     """Base class of a run's trainable whole; see the module docstring for the contract."""
+
+    capturable = False  # see the module docstring
 
     def __init__(self, model: nn.Module, meta: ModelMeta):
         super().__init__()

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,14 @@ from tqdm import tqdm
 
 import crossmodal
 from crossmodal.config import config_to_dict, save_config
+from crossmodal.data.device_data import DeviceBatches, DeviceEvalLoader, DeviceSplit, use_device_resident
 from crossmodal.engine import checkpoint as ckpt_io
+from crossmodal.engine import rundir
 from crossmodal.engine.distributed import (BlockDistributedSampler, DistInfo, ShardSampler, all_reduce_sum,
                                            init_distributed)
 from crossmodal.engine.logging import RunLogger, get_logger
 from crossmodal.engine.optim import build_optimizer, build_scheduler
+from crossmodal.engine.step import CapturedStep, EagerStep, autocast_factory, cuda_graph_plan
 from crossmodal.engine.task import Task
 from crossmodal.errors import ConfigError, CrossmodalError
 
@@ -78,8 +80,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_dir_for(cfg) -> Path:
-    """Where a run writes: <out_dir>/<name>."""
-    return Path(cfg.out_dir) / cfg.name
+    """Where a run writes: <out_dir>/<name>, kept inside out_dir (crossmodal.engine.rundir)."""
+    return rundir.run_dir_for(cfg)
 
 
 class _EpochTagged(Dataset):
@@ -173,6 +175,18 @@ class Trainer:
             len(self.train_dataset), cfg.optim.batch_size, dist.rank, dist.world_size, seed=cfg.seed,
             max_batches=cfg.engine.max_steps_per_epoch)
         local_batch = self.train_sampler.local_batch
+        self.steps_per_epoch = self.train_sampler.num_batches
+        self.device_resident, self.device_resident_why = use_device_resident(
+            cfg.data.device_resident, self.train_dataset, self.device)
+        if self.device_resident:
+            # The same samples as the loader's, made on the device (crossmodal.data.device_data).
+            channels_last = cfg.engine.channels_last
+            self.train_split = DeviceSplit(self.train_dataset, self.device, channels_last)
+            self.train_loader = None
+            shard = ShardSampler(len(self.test_dataset), dist.rank, dist.world_size) if self.test_dataset else None
+            self.test_loader = None if shard is None else DeviceEvalLoader(
+                DeviceSplit(self.test_dataset, self.device, channels_last), local_batch, shard.start, shard.stop)
+            return
         # Own generator: the loader must not consume the global RNG that the checkpoint restores.
         self.train_loader = DataLoader(_EpochTagged(self.train_dataset), batch_size=local_batch,
                                        sampler=_EpochTaggedSampler(self.train_sampler),
@@ -180,14 +194,30 @@ class Trainer:
         self.test_loader = None if self.test_dataset is None else DataLoader(
             self.test_dataset, batch_size=local_batch,
             sampler=ShardSampler(len(self.test_dataset), dist.rank, dist.world_size), **common)
-        self.steps_per_epoch = self.train_sampler.num_batches
+
+    def _train_batches(self, epoch: int):
+        """The epoch's training batches, on the device (set the sampler's and dataset's epoch first)."""
+        if self.device_resident:
+            order = torch.tensor(list(self.train_sampler), dtype=torch.int64).view(self.steps_per_epoch, -1)
+            return DeviceBatches(self.train_split, order, epoch)
+        return (self._to_device(batch) for batch in self.train_loader)
 
     def _autocast(self):
-        precision = self.cfg.engine.precision
-        if precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast_factory(self.device, self.cfg.engine.precision)()
+
+    def _build_step(self) -> None:
+        """The optimiser and the training step: captured as a CUDA graph where engine.cuda_graph allows."""
+        cfg = self.cfg
+        self.capture, self.capture_why = cuda_graph_plan(cfg.engine.cuda_graph, self.device, self.dist.distributed,
+                                                         cfg.engine, cfg.optim, self.task)
+        self.optimizer = build_optimizer(self.params, cfg.optim, fused=self.capture)
+        if self.capture:
+            self.step = CapturedStep(self.step_module, self.optimizer, self.params, cfg.optim.grad_clip,
+                                     autocast_factory(self.device, cfg.engine.precision, cache_enabled=False),
+                                     strict=cfg.engine.cuda_graph is True)
+        else:
+            self.step = EagerStep(self.step_module, self.optimizer, self.params, cfg.optim.grad_clip,
+                                  self._autocast, self.scaler)
 
     def _to_device(self, batch: dict) -> dict:
         channels_last = self.cfg.engine.channels_last
@@ -245,27 +275,41 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> dict:
-        """Train for cfg.optim.epochs epochs (continuing from the resume checkpoint); return the summary."""
+        """Train for cfg.optim.epochs epochs (continuing from the resume checkpoint); return the summary.
+
+        Holds the run folder's lock throughout (a second run into it fails at once) and checks a
+        resume against the run's fingerprint (crossmodal.engine.rundir)."""
+        with rundir.RunFolder(self.run_dir, enabled=self.dist.is_main):
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg, is_main = self.cfg, self.dist.is_main
         if self.resume_path is None and (self.run_dir / "last.pt").exists():
             raise ConfigError(f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it "
                               "or --name to start another")
         if self.resume_path is not None and not self.resume_path.exists():
             raise ConfigError(f"{self.resume_path}: nothing to resume; run without --resume")
+        for note in rundir.check_fingerprint(self.run_dir, cfg, self.task.checkpoint_meta(),
+                                             resuming=self.resume_path is not None, write=is_main):
+            log.info(f"{cfg.name}: resume: {note}")
         self._prepare_modules()
         self._loaders()
         self.params = [p for p in self.task.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.engine.precision == "fp16" else None
+        self._build_step()
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch)
         self.metrics, self.best_top1, self.best_epoch = [], -1.0, 0
         start_epoch = self._restore(self.resume_path) if self.resume_path is not None else 0
+        for group in self.optimizer.param_groups:  # a checkpoint's groups carry the kernel choice of its own run
+            group["fused"] = self.capture or None
         if is_main:
             save_config(cfg, self.run_dir / "config.yaml")
             what = f"resuming after epoch {start_epoch}" if start_epoch else "starting"
             ddp = f" (DDP, {torch.distributed.get_backend()})" if self.dist.distributed else ""
             log.info(f"{cfg.name}: {what}; seed {cfg.seed}, device {self.device}, world size "
                      f"{self.dist.world_size}{ddp}, {self.steps_per_epoch} steps/epoch, run dir {self.run_dir}")
+            log.info(f"{cfg.name}: device-resident data {'on' if self.device_resident else 'off'} "
+                     f"({self.device_resident_why}); CUDA graph {'on' if self.capture else 'off'} ({self.capture_why})")
         # A resumed run drops the TensorBoard events logged after its checkpoint.
         purge_step = start_epoch * self.steps_per_epoch + 1 if start_epoch else None
         logger = RunLogger(self.run_dir, enabled=is_main, purge_step=purge_step)
@@ -289,7 +333,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, logger: RunLogger) -> dict:
         """One pass over the epoch's batches; returns the epoch's training metrics (summed over ranks)."""
-        cfg, task = self.cfg, self.task
+        cfg, task, step = self.cfg, self.task, self.step
         start = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
         task.train()
@@ -297,58 +341,30 @@ class Trainer:
             module.eval()
         self.train_sampler.set_epoch(epoch)
         self.train_dataset.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        labeled = torch.zeros((), device=self.device)
+        step.reset_sums()
         seen = 0
         show_bar = None if self.dist.is_main and cfg.engine.progress else True  # None: only on a terminal
-        bar = tqdm(self.train_loader, total=self.steps_per_epoch, leave=False, dynamic_ncols=True,
+        bar = tqdm(self._train_batches(epoch), total=self.steps_per_epoch, leave=False, dynamic_ncols=True,
                    desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=show_bar)
-        for step, batch in enumerate(bar):
-            batch = self._to_device(batch)
-            labels = batch["label"]
-            with self._autocast():
-                loss, terms, logits = self.step_module(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
-            else:
-                loss.backward()
-            if cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
+        for i, batch in enumerate(bar):
+            step(batch)  # sums loss, hits and terms on the device: no host sync in the step
             self.scheduler.step()
-
-            n = labels.shape[0]
-            seen += n
-            # Accumulate on the device; reading values only every log_every steps avoids a host sync per step.
-            loss_sum += loss.detach().float() * n
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + value.detach().float() * n
-            mask = labels >= 0
-            correct += ((logits.detach().argmax(1) == labels) & mask).sum()
-            labeled += mask.sum()
-            if (step + 1) % cfg.engine.log_every == 0:
-                running = loss_sum.item() / seen
-                self._check_finite(running, epoch, step)
+            seen += batch["label"].shape[0]
+            if (i + 1) % cfg.engine.log_every == 0:
+                running = step.sums[0].item() / seen  # the one read per log interval
+                self._check_finite(running, epoch, i)
                 rate = seen * self.dist.world_size / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{running:.4f}", img_s=f"{rate:.0f}")
-                logger.log_step(epoch * self.steps_per_epoch + step + 1, {"train/loss": running})
+                logger.log_step(epoch * self.steps_per_epoch + i + 1, {"train/loss": running})
         bar.close()
         train_time = time.perf_counter() - start
-        totals = all_reduce_sum(torch.stack([loss_sum, correct, labeled, *sums.values()]).float())
+        totals = all_reduce_sum(step.sums.clone())
         total_seen = seen * self.dist.world_size
         self._check_finite(totals[0].item() / max(total_seen, 1), epoch, self.steps_per_epoch - 1)
         row = {"epoch": epoch + 1, "lr": lr,
                "train_loss": totals[0].item() / total_seen}
-        for i, name in enumerate(sums):
-            row[f"train_{name}"] = totals[3 + i].item() / total_seen
+        for j, name in enumerate(step.term_names):
+            row[f"train_{name}"] = totals[3 + j].item() / total_seen
         row["train_top1"] = 100.0 * totals[1].item() / max(totals[2].item(), 1)
         row["images_per_s"] = total_seen / train_time
         return row

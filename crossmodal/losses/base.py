@@ -76,6 +76,7 @@ class Distiller(nn.Module):
     init_trains_student: bool = False  # the init stage also trains the student's own layers
     default_weight: float = 1.0  # the reference scripts' weight (beta) when a config gives null
     trains_logits: bool = False  # the loss reaches the student's classifier head (ce, kd)
+    capturable: bool = False  # checked to run inside a CUDA graph: no host reads, static shapes (engine.step)
 
     def __init__(self, spec: DistillSpec):
         super().__init__()

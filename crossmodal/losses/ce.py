@@ -19,6 +19,7 @@ class CrossEntropy(Distiller):
 
     needs_teacher = False
     trains_logits = True
+    capturable = True
     default_weight = 1.0
 
     def __init__(self, spec: DistillSpec, label_smoothing: float = 0.0):

@@ -86,6 +86,7 @@ class CRDLoss(Distiller):
     """CRD loss with its heads, memories and Z estimates (see the module docstring for the equations)."""
 
     default_weight = 0.8  # the reference scripts' beta for CRD (alongside ce 1, and kd 1 when combined)
+    capturable = True  # sampling, scores, Z and the in-place memory update are device-only, of static shape
 
     def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
                  nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "frozen",

@@ -30,6 +30,7 @@ class KnowledgeDistillation(Distiller):
 
     combines_teachers = True
     trains_logits = True
+    capturable = True
     default_weight = 0.9
 
     def __init__(self, spec: DistillSpec, temperature: float = 4.0):

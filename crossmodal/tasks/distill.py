@@ -102,6 +102,7 @@ class DistillTask(Task):
         self.select_best_by_accuracy = any(ml[0].trains_logits and self.weights[n] > 0 for n, ml in losses.items())
         # Losses in their init-only phase return a constant 0 with no graph to some parameters.
         self.ddp_find_unused_parameters = any(getattr(m, "init_epochs", 0) > 0 for ml in losses.values() for m in ml)
+        self.capturable = all(type(ml[0]).capturable for ml in losses.values())
 
     def frozen_modules(self) -> list[nn.Module]:
         return self._teachers

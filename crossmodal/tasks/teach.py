@@ -24,6 +24,8 @@ from crossmodal.models import build_model
 class ClassifierTask(Task):
     """Cross-entropy (with optional label smoothing) on the logits of `model` for `meta.modality`."""
 
+    capturable = True
+
     def __init__(self, model: nn.Module, meta: ModelMeta, label_smoothing: float = 0.0):
         super().__init__(model, meta)
         if not 0.0 <= label_smoothing < 1.0:
