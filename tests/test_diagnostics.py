@@ -78,6 +78,33 @@ def _teacher(tmp_path, data, name, modality="rgb", seed=0):
     return tmp_path / "runs" / name / "best.pt"
 
 
+def gram_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA from centred Gram matrices: HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))."""
+    n = x.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l_ = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float(np.sum(k * l_) / np.sqrt(np.sum(k * k) * np.sum(l_ * l_)))
+
+
+def independent_comparison(teacher, student, data) -> dict:
+    """Mean |corr_t - corr_s| of the test logits and CKA of embeddings and logits, with numpy."""
+    from crossmodal.data.dataset import PreparedDataset
+    from crossmodal.engine import load_model
+
+    outputs = []
+    for checkpoint in (teacher, student):
+        model, meta = load_model(checkpoint)
+        dataset = PreparedDataset(data, "test", [meta["modality"]])  # the file the network trained on: same stats
+        x = torch.stack([dataset[i][meta["modality"]] for i in range(len(dataset))])
+        with torch.no_grad():
+            out = model.eval()(x)
+        outputs.append({k: out[k].double().numpy() for k in ("logits", "embedding")})
+    t, s = outputs
+    corr = np.abs(np.corrcoef(t["logits"], rowvar=False) - np.corrcoef(s["logits"], rowvar=False)).mean()
+    return {"corr": corr, "cka_embedding": gram_cka(t["embedding"], s["embedding"]),
+            "cka_logits": gram_cka(t["logits"], s["logits"])}
+
+
 def test_cli_compare_writes_json_heatmap_and_report(tmp_path, make_prepared):
     data = make_prepared(splits={"train": 32, "test": 24}, modalities=("rgb", "L"))
     teacher = _teacher(tmp_path, data, "t_rgb")
@@ -88,8 +115,12 @@ def test_cli_compare_writes_json_heatmap_and_report(tmp_path, make_prepared):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "compare.json").read_text())
     assert summary["samples"] == 24 and summary["student_modality"] == "L"
-    assert 0.0 < summary["mean_abs_correlation_difference"] < 2.0
-    assert 0.0 <= summary["cka_embedding"] <= 1.0
+    # The same numbers from the two networks' outputs, computed here with numpy (corrcoef, Gram-matrix CKA).
+    expected = independent_comparison(teacher, student, data)
+    assert summary["mean_abs_correlation_difference"] == pytest.approx(expected["corr"], abs=1e-5)
+    assert summary["cka_embedding"] == pytest.approx(expected["cka_embedding"], abs=1e-5)
+    assert summary["cka_logits"] == pytest.approx(expected["cka_logits"], abs=1e-5)
+    assert 0.01 < expected["corr"] and expected["cka_embedding"] < 0.99  # two different networks
     assert (out / "correlation_difference.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "correlation_difference.png" in report and f"{summary['cka_embedding']:.4f}" in report
