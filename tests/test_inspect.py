@@ -118,7 +118,6 @@ def test_user_errors_exit_2_with_one_line(make_prepared, tmp_path, problem):
 
 
 def test_prepare_nyu18_then_inspect_sheet(shared_data, tmp_path):
-    pytest.importorskip("cli.prepare", reason="cli/prepare.py (the HDF5 writer's command) is not written yet")
     prepared, sheet_path = tmp_path / "nyu18.h5", tmp_path / "nyu18.png"
     runner = CliRunner()
     result = runner.invoke(app, ["prepare", "rgbd", str(shared_data / "nyu18"), "--out", str(prepared),

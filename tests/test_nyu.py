@@ -86,8 +86,9 @@ def test_splits_mat_beside_the_file_is_used(mat, tmp_path):
 
 
 def test_v5_splits_via_scipy(mat, tmp_path):
-    scipy_io = pytest.importorskip("scipy.io", reason="scipy is optional; v5 splits.mat needs it")
-    scipy_io.savemat(tmp_path / "splits_v5.mat", {"trainNdxs": np.array([[1], [2]]), "testNdxs": np.array([[3], [4]])})
+    import scipy.io  # optional for data_prep.nyu, but always installed: scikit-image (declared) requires it
+
+    scipy.io.savemat(tmp_path / "splits_v5.mat", {"trainNdxs": np.array([[1], [2]]), "testNdxs": np.array([[3], [4]])})
     source = read_nyu_mat(mat[0], tmp_path / "splits_v5.mat")
     assert {s.name: list(s.items) for s in source.splits} == {"train": [0, 1], "test": [2, 3]}
 
