@@ -92,8 +92,13 @@ def describe(path: Path) -> list[str]:
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG here.")
 @click.option("--n", "n", type=click.IntRange(1, 64), default=8, show_default=True, help="Samples (columns) on the sheet.")
 @click.option("--split", default=None, help="Split shown on the sheet  [default: test, else the first split]")
-def inspect(file: Path, sheet: Path | None, n: int, split: str | None):
+@click.option("--force", is_flag=True, help="Replace --sheet if it exists.")
+def inspect(file: Path, sheet: Path | None, n: int, split: str | None, force: bool):
     """Show what a prepared HDF5 file holds: splits, modalities, shapes, classes, labels, stats, provenance."""
+    if sheet is not None and sheet.exists() and not force:
+        from crossmodal.errors import DataError
+
+        raise DataError(f"{sheet} already exists; pass --force to replace it")
     for line in describe(file):
         click.echo(line)
     if sheet is not None:

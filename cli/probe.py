@@ -84,12 +84,16 @@ def probe_options(fn):
     return apply_options(options, wrapper)
 
 
-def _run(method: str, config, overrides, resume: bool = False) -> None:
+FORCE = click.option("--force", is_flag=True,
+                     help="Replace the results.json (and --report's report.md) of an earlier probe of this name.")
+
+
+def _run(method: str, config, overrides, resume: bool = False, force: bool = False) -> None:
     from crossmodal.probe.report import format_table
     from crossmodal.tasks.probe import load_probe_config, run_probe
 
     cfg = load_probe_config(config, overrides, method=method)
-    results = run_probe(cfg, resume=resume)
+    results = run_probe(cfg, resume=resume, force=force)
     click.echo(format_table(results["rows"]))
     for note in results["notes"]:
         click.echo(f"  - {note}")
@@ -110,7 +114,8 @@ def probe():
 
 @probe.command(context_settings=CONTEXT)
 @probe_options
-def linear(config, overrides):
+@FORCE
+def linear(config, overrides, force):
     """Linear classifier on frozen, cached features (top-1 / top-5 on the test split).
 
     \b
@@ -118,25 +123,27 @@ def linear(config, overrides):
       crossmodal probe linear --checkpoint runs/ab_student/best.pt --data data/imagenette.h5 --random-init
       crossmodal probe linear configs/probe/imagenette_ab_linear.yaml --stage 3 --report reports/ab
     """
-    _run("linear", config, overrides)
+    _run("linear", config, overrides, force=force)
 
 
 @probe.command(context_settings=CONTEXT)
 @probe_options
 @click.option("--resume", is_flag=True, help="Continue <out_dir>/<name>/last.pt.")
-def finetune(config, overrides, resume):
+@FORCE
+def finetune(config, overrides, resume, force):
     """Train the whole network from the checkpoint (new head if the classes differ) with the engine.
 
     \b
     Example:
       crossmodal probe finetune --checkpoint runs/s/best.pt --data data/imagenette.h5 --epochs 30 --lr 0.01
     """
-    _run("finetune", config, overrides, resume=resume)
+    _run("finetune", config, overrides, resume=resume, force=force)
 
 
 @probe.command(context_settings=CONTEXT)
 @probe_options
-def dense(config, overrides):
+@FORCE
+def dense(config, overrides, force):
     """Segmentation head on frozen stage maps (pixel accuracy and mIoU; label 0 ignored).
 
     With --train-split equal to --test-split the labelled frames are k-folded by index (dense.folds).
@@ -145,7 +152,7 @@ def dense(config, overrides):
     Example:
       crossmodal probe dense configs/probe/nyu_depth_dense.yaml --checkpoint runs/rgb_to_depth_crd/best.pt
     """
-    _run("dense", config, overrides)
+    _run("dense", config, overrides, force=force)
 
 
 @probe.command(context_settings=CONTEXT)
@@ -157,7 +164,8 @@ def dense(config, overrides):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
-def compare(teacher, student, data, split, out_dir, device, batch_size, workers):
+@click.option("--force", is_flag=True, help="Replace an earlier comparison in --out-dir.")
+def compare(teacher, student, data, split, out_dir, device, batch_size, workers, force):
     """Teacher vs student: logit-correlation difference (CRD Fig. 2, heatmap) and linear CKA of embeddings.
 
     Writes compare.json, correlation_difference.png and report.md to --out-dir.
@@ -169,7 +177,7 @@ def compare(teacher, student, data, split, out_dir, device, batch_size, workers)
     configure_logging()
     out_dir = out_dir or str(Path("runs") / "compare" / (Path(student).parent.name or Path(student).stem))
     result = run_compare(teacher, student, data, out_dir, split=split, device=device, batch_size=batch_size,
-                         workers=workers)
+                         workers=workers, force=force)
     click.echo(f"mean |corr_teacher - corr_student| {result['mean_abs_correlation_difference']:.4f}  "
                f"CKA(embedding) {result['cka_embedding']:.4f}  CKA(logits) {result['cka_logits']:.4f}  "
                f"({result['samples']} samples of {split!r})")

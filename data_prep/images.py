@@ -157,7 +157,7 @@ def _parse_tar(buf, src: Path) -> FileTree:
     starts, stored = [], []
 
     def corrupt(at: int) -> DataError:
-        if at == 0:
+        if at == 0 and bytes(buf[257:262]) != b"ustar":
             return DataError(f"{src}: not a tar archive (no valid tar header at its start)")
         return DataError(f"{src}: corrupt tar header at byte {at}; the archive is damaged, download it again")
 

@@ -52,12 +52,21 @@ def _matlab_strings(value, f: h5py.File | None) -> list[str]:
     return out
 
 
+def _open_h5(path: Path) -> h5py.File:
+    """h5py.File(path, "r"), or a DataError naming the file when HDF5 cannot open it (truncated, damaged)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({reason}); download it again") from None
+
+
 def load_mat(path: Path, keys: tuple[str, ...], strings: tuple[str, ...] = ()) -> dict:
     """Read `keys` (numeric arrays, squeezed) and optional `strings` (cell arrays) from a MATLAB v5 or v7.3 file."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
+        with _open_h5(path) as f:
             _require(path, f.keys(), keys)
             out = {k: np.asarray(f[k][()]).squeeze() for k in keys}
             out.update({k: _matlab_strings(f[k][()], f) for k in strings if k in f})
@@ -148,7 +157,7 @@ def _check_layout(path: Path) -> tuple[int, list[str]]:
         raise DataError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise DataError(f"{path}: not a MATLAB v7.3 (HDF5) file; expected nyu_depth_v2_labeled.mat")
-    with h5py.File(path, "r") as f:
+    with _open_h5(path) as f:
         for key in REQUIRED_KEYS:
             if key not in f:
                 raise DataError(f"{path}: key {key!r} missing; expected {', '.join(REQUIRED_KEYS)} (nyu_depth_v2_labeled.mat)")

@@ -400,7 +400,7 @@ def _os_reason(e: OSError) -> str:
 
 
 class DropWritesAfterFailure(io.FileIO):
-    """The temporary file under h5py: once a write fails (disk full), later writes are dropped.
+    """The temporary file under h5py: once a write (or resize) fails (disk full), later ones are dropped.
 
     HDF5 cannot close a file whose writes keep failing: h5py then crashes the process with a
     segmentation fault at exit. Dropping the writes lets it close cleanly; the writer then
@@ -419,6 +419,14 @@ class DropWritesAfterFailure(io.FileIO):
             except OSError as e:
                 self.first_error = e
         return memoryview(data).nbytes
+
+    def truncate(self, size=None) -> int:
+        if self.first_error is None:
+            try:
+                return super().truncate(size)
+            except OSError as e:
+                self.first_error = e
+        return self.tell() if size is None else size
 
     def raise_first_error(self) -> None:
         """Raise the first failed write's OSError, if any."""

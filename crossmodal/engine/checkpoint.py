@@ -96,19 +96,49 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     from crossmodal.models import build_model
 
     ckpt = load_checkpoint(path)
-    meta = dict(ckpt.get("meta") or {})
+    meta = dict(ckpt.get("meta") or {}) if isinstance(ckpt.get("meta"), dict) else {}
     missing = [k for k in META_KEYS if k not in meta]
     if missing or "model" not in ckpt:
         raise CheckpointError(f"{path}: checkpoint has no model metadata ({', '.join(missing) or 'model'} missing)")
+    check_meta(meta, path)
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: checkpoint's 'model' is not a state_dict")
     model = build_model(meta["arch"], in_chans=meta["in_chans"], num_classes=meta["num_classes"])
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not fit {meta['arch']!r} ({str(e).splitlines()[0]})") from None
     model.to(device).eval()
     meta.update(sha256=file_sha256(path), path=str(path), epoch=ckpt.get("epoch"),
                 task_meta=ckpt.get("task_meta", {}))
     return model, meta
+
+
+def check_meta(meta: dict, path: str | Path) -> None:
+    """CheckpointError naming the key when a checkpoint's model metadata has the wrong type or value."""
+    def bad(key: str, expected: str):
+        return CheckpointError(f"{path}: checkpoint metadata {key!r} must be {expected}, got {meta.get(key)!r:.80}")
+
+    for key in ("arch", "modality", "data_path"):
+        if not isinstance(meta.get(key), str):
+            raise bad(key, "a string")
+    for key in ("in_chans", "num_classes"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(key, "a positive integer")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of strings")
+    stats = meta.get("stats")
+    if not isinstance(stats, dict) or not all(
+            isinstance(v, dict) and all(isinstance(v.get(k), list) and v[k] and
+                                        all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v[k])
+                                        for k in ("mean", "std")) for v in stats.values()):
+        raise bad("stats", "{modality: {mean: [numbers], std: [numbers]}}")
+    own = stats.get(meta["modality"])
+    if own is None or len(own["mean"]) != meta["in_chans"] or len(own["std"]) != meta["in_chans"] \
+            or not all(x > 0 for x in own["std"]):
+        raise bad("stats", f"mean/std of the model's modality {meta['modality']!r}, {meta['in_chans']} each, std > 0")
 
 
 def task_state(ckpt: dict) -> dict:

@@ -255,7 +255,7 @@ def build_distill_datasets(cfg: DistillConfig):
             from crossmodal.engine import load_checkpoint
 
             meta = load_checkpoint(t.checkpoint).get("meta") or {}
-            if "modality" not in meta:
+            if not isinstance(meta, dict) or not isinstance(meta.get("modality"), str):
                 raise ConfigError(f"teachers.{i}.checkpoint: {t.checkpoint} holds no model metadata")
             t.modality = meta["modality"]
             if t.modality not in modalities:

@@ -448,8 +448,22 @@ def run_dense(cfg: ProbeConfig) -> dict:
     return _finish(cfg, rows, notes, images, {"protocol": data.protocol, "class_names": data.class_names})
 
 
-def run_probe(cfg: ProbeConfig, resume: bool = False) -> dict:
-    """Run cfg.method; return {"rows": [...], "notes": [...], "run_dir", ...} (also written to results.json)."""
+def refuse_overwrite(paths, force: bool) -> None:
+    """ConfigError naming the first of `paths` that exists, unless `force`: outputs are replaced only on request."""
+    if force:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise ConfigError(f"{path} already exists (an earlier probe's output); pass --force to replace it, or "
+                              f"--name / --out-dir to write elsewhere")
+
+
+def run_probe(cfg: ProbeConfig, resume: bool = False, force: bool = False) -> dict:
+    """Run cfg.method; return {"rows": [...], "notes": [...], "run_dir", ...} (also written to results.json).
+
+    An earlier probe's results.json (or report.md) is replaced only with `force`."""
+    refuse_overwrite([run_dir_for(cfg) / "results.json"] + ([Path(cfg.report) / "report.md"] if cfg.report else []),
+                     force)
     if cfg.method == "finetune":
         return run_finetune(cfg, resume=resume)
     if resume:
@@ -461,8 +475,15 @@ def run_probe(cfg: ProbeConfig, resume: bool = False) -> dict:
 
 
 def run_compare(teacher: str | Path, student: str | Path, data: str | Path, out_dir: str | Path,
-                split: str = "test", device: str = "auto", batch_size: int = 256, workers: int = 0) -> dict:
-    """Logit-correlation difference (CRD Fig. 2) and linear CKA of two checkpoints on one split; writes out_dir."""
+                split: str = "test", device: str = "auto", batch_size: int = 256, workers: int = 0,
+                force: bool = False) -> dict:
+    """Logit-correlation difference (CRD Fig. 2) and linear CKA of two checkpoints on one split; writes out_dir.
+
+    An earlier comparison in out_dir is replaced only with `force`."""
+    refuse_overwrite([Path(out_dir) / name for name in ("compare.json", "report.md", "correlation_difference.png")],
+                     force)
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
     torch_device = resolve_device(device)
     networks = [load_model(teacher), load_model(student)]
     (_, t_meta), (_, s_meta) = networks
