@@ -45,6 +45,8 @@ QUICK_DATA = {"cifar10": "cifar10-mini", "imagenette": "imagenette-mini"}
 # --quick budgets: one epoch of three small steps (teach, distill, finetune) and one probe epoch.
 QUICK_TRAIN = ["--epochs", "1", "--batch-size", "16", "--set", "engine.max_steps_per_epoch=3"]
 QUICK_PROBE = ["--epochs", "1"]
+# --quick: CRD's negatives per anchor, below the mini sets' 200-500 training rows (K must stay under N).
+QUICK_NCE_K = 128
 
 
 class BenchmarkSkipped(SystemExit):
@@ -53,11 +55,20 @@ class BenchmarkSkipped(SystemExit):
 
 @dataclass
 class Step:
-    """One command of an experiment; skipped when `done` exists, resumed when `resume_from` exists."""
+    """One command of an experiment; skipped when done (its record or `done` exists), resumed from `resume_from`.
+
+    `record` names the step's committed record (benchmarks/results/records/<record>.json): what a finished
+    run produced (summary or probe rows, resolved config, budget, commit, machine), so a later session on a
+    fresh checkout reads it instead of training again. `needs` are files the command reads that another
+    step of the same experiment writes (a student checkpoint a probe loads): when one is missing, the step
+    that writes it runs again first, even if its record exists.
+    """
 
     cmd: list[str]
     done: Path
     resume_from: Optional[Path] = None
+    record: Optional[str] = None
+    needs: list[Path] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -74,6 +85,16 @@ class Bench:
     runs: Path = field(default_factory=lambda: Path("runs"))
     commands: list[str] = field(default_factory=list)  # every step's command, in order, for the results file
     module: str = ""  # python -m benchmarks.<module> (default: name)
+    used: list[str] = field(default_factory=list)  # the records the results file reads, for its .json
+    records: Optional[Path] = None  # where step records live (default: see records_dir)
+    _producers: dict = field(default_factory=dict)  # run folder -> the Step that writes it
+
+    @property
+    def records_dir(self) -> Path:
+        """benchmarks/results/records (committed), runs/quick/records under --quick, or `records` if set."""
+        if self.records is not None:
+            return self.records
+        return REPO / ("runs/quick/records" if self.quick else "benchmarks/results/records")
 
     @property
     def results_dir(self) -> Path:
@@ -103,8 +124,13 @@ class Bench:
         cmd = ["crossmodal", command, config, "--out-dir", str(self.runs), "--name", name, *extra]
         if self.quick:
             cmd += QUICK_TRAIN
+            if command == "distill" and _config_has_loss(config, "crd") and not any("crd.nce_k" in a for a in extra):
+                cmd += ["--set", f"loss_params.crd.nce_k={QUICK_NCE_K}"]
         run_dir = REPO / self.runs / name
-        return Step(cmd, run_dir / "summary.json", run_dir / "last.pt")
+        step = Step(cmd, run_dir / "summary.json", run_dir / "last.pt", record=name,
+                    needs=_needed_files(cmd))
+        self._producers[run_dir] = step
+        return step
 
     def probe(self, method: str, name: str, *args: str) -> Step:
         """`crossmodal probe METHOD ... --name NAME` writing runs/probe/<NAME>/results.json."""
@@ -112,19 +138,122 @@ class Bench:
         if self.quick:
             cmd += QUICK_PROBE
         out = REPO / self.probe_dir / name
-        return Step(cmd, out / "results.json", (out / "last.pt") if method == "finetune" else None)
+        return Step(cmd, out / "results.json", (out / "last.pt") if method == "finetune" else None,
+                    record=f"probe/{name}", needs=_needed_files(cmd))
+
+    # ------------------------------------------------------------------ records
+    def record(self, name: str) -> dict:
+        """The record of finished step `name` (a run or probe/<probe name>); noted for the results .json."""
+        path = self.records_dir / f"{name}.json"
+        if not path.exists():
+            raise SystemExit(f"{self.name}: no record {_shown(path)}: the step that writes it has not run")
+        if name not in self.used:
+            self.used.append(name)
+        return json.loads(path.read_text())
+
+    def summary(self, run: str) -> dict:
+        """summary.json of finished run `run`, from its record."""
+        return self.record(run)["summary"]
+
+    def probe_rows(self, name: str) -> list[dict]:
+        """The result rows of finished probe `name`, from its record."""
+        return self.record(f"probe/{name}")["results"]["rows"]
+
+    def teacher(self, name: str, device: list[str] = ()) -> dict:
+        """Benchmark teacher `name` (benchmarks.teachers): its checkpoint path (repository-relative), test top-1,
+        sha256 and budget; the committed file, else trained now (at the quick budget under --quick)."""
+        from benchmarks import teachers
+
+        path = teachers.ensure(self, [name], list(device))[name]
+        rec = teachers.load_records().get(name) if path.parent == teachers.TEACHER_DIR else None
+        if rec is None:  # a --quick teacher: its run's own numbers
+            run = self.record(name)
+            rec = {"test_top1": run["summary"]["final_test_top1"], "sha256": None, "passes": run["budget"]["passes"],
+                   "arch": run["summary"]["arch"]}
+        return {"name": name, "path": _shown(path), **{k: rec[k] for k in ("test_top1", "sha256", "passes", "arch")}}
+
+    def budget(self, name: str) -> dict:
+        """The budget of finished run `name`: epochs, steps per epoch, batch, images seen, passes."""
+        return self.record(name)["budget"]
+
+    def _is_recorded(self, step: Step) -> bool:
+        """True when the step's record exists and was made by the same command on the same inputs."""
+        if step.record is None:
+            return False
+        path = self.records_dir / f"{step.record}.json"
+        if not path.exists():
+            return False
+        rec = json.loads(path.read_text())
+        return rec.get("command") == step.text and rec.get("inputs") == _fingerprint(step.cmd)
+
+    def _write_record(self, step: Step, wall_s: Optional[float]) -> None:
+        """Record what finished step `step` produced (from its run or probe folder)."""
+        if step.record is None or not step.done.exists():
+            return
+        out_dir = step.done.parent
+        rec = {"name": step.record, "command": step.text, "inputs": _fingerprint(step.cmd),
+               "commit": git_commit(), "machine": machine_line(), "wall_s": None if wall_s is None else round(wall_s, 1),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        if step.done.name == "summary.json":
+            import yaml
+
+            cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
+            rec.update(summary=json.loads(step.done.read_text()), config=cfg, budget=run_budget(cfg))
+        else:
+            rec["results"] = json.loads(step.done.read_text())
+            if (out_dir / "config.yaml").exists():  # a finetune: a training run of its own
+                import yaml
+
+                cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
+                rec.update(config=cfg, budget=run_budget(cfg))
+        path = self.records_dir / f"{step.record}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
 
     def run_stage(self, steps: list[Step]) -> None:
-        """Run the steps not yet done, up to `jobs` at once; stop at the first failure (naming its log)."""
+        """Run the steps not yet done, up to `jobs` at once; stop at the first failure (naming its log).
+
+        A step is done when its record matches its command and inputs, or (with no record) its output
+        exists; then its record is (re)written from the output. A stale record's run folder is cleared
+        before the step runs again. Steps whose needed files are missing first rerun their producers.
+        """
         for step in steps:
             self.commands.append(step.text)
-        todo = [s for s in steps if not s.done.exists()]
+        todo = []
+        for step in steps:
+            if self._is_recorded(step):
+                continue
+            if step.done.exists() and not self._record_is_stale(step):
+                self._write_record(step, None)
+                continue
+            if self._record_is_stale(step):
+                _clear(step.done.parent)
+            todo.append(step)
+        missing = [p for step in todo for p in step.needs if not p.exists()]
+        producers = [self._producers[d] for d in dict.fromkeys(d for p in missing for d in self._producers
+                                                                if d in p.parents)]
+        if producers:
+            for producer in producers:
+                _clear(producer.done.parent)
+            self._run(producers)
+        self._run(todo)
+
+    def _record_is_stale(self, step: Step) -> bool:
+        """A record made by another command or on other inputs (its outputs belong to that run)."""
+        return (step.record is not None and (self.records_dir / f"{step.record}.json").exists()
+                and not self._is_recorded(step))
+
+    def _run(self, todo: list[Step]) -> None:
+        """Run `todo` up to `jobs` at once, recording each as it finishes; exit naming the first failure."""
+        todo = list(todo)
+        if not todo:
+            return
         env = dict(os.environ)
         if self.jobs > 1:
             env["OMP_NUM_THREADS"] = "1"
         logs = REPO / self.runs / "bench_logs"
         logs.mkdir(parents=True, exist_ok=True)
-        running: list[tuple[Step, subprocess.Popen, Path]] = []
+        running: list[tuple[Step, subprocess.Popen, Path, float]] = []
         failed: list[str] = []
         while todo or running:
             while todo and len(running) < self.jobs and not failed:
@@ -134,12 +263,12 @@ class Bench:
                 print(f"+ {shlex.join(cmd)}   (log: {_shown(log)})", flush=True)
                 handle = open(log, "w")
                 running.append((step, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle,
-                                                       stderr=subprocess.STDOUT), log))
+                                                       stderr=subprocess.STDOUT), log, time.perf_counter()))
             if failed and not running:
                 break
             time.sleep(0.5)
             for item in list(running):
-                step, proc, log = item
+                step, proc, log, started = item
                 if proc.poll() is None:
                     continue
                 running.remove(item)
@@ -147,13 +276,17 @@ class Bench:
                     tail = log.read_text().strip().splitlines()[-1:] or [""]
                     failed.append(f"{step.text} exited {proc.returncode} ({tail[0]}; log {_shown(log)})")
                 else:
+                    self._write_record(step, time.perf_counter() - started)
                     print(f"  done: {step.text}", flush=True)
         if failed:
             sys.exit(f"{self.name}: " + "; ".join(failed))
 
     # ------------------------------------------------------------------ results
-    def write(self, title: str, body: list[str], figure=None, argv: Optional[list[str]] = None) -> Path:
-        """benchmarks/results/<name>.md (and .png): title, machine, body, the reproduce line and every command."""
+    def write(self, title: str, body: list[str], figure=None, argv: Optional[list[str]] = None,
+              results: Optional[dict] = None) -> Path:
+        """benchmarks/results/<name>.md (and .png): title, machine, body, the reproduce line and every command;
+        and <name>.json: `results` (per-method numbers) with the commit, machine, command and the budgets of
+        every record the report read."""
         import torch
 
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -171,8 +304,88 @@ class Bench:
         out = self.results_dir / f"{self.name}.md"
         text = "\n".join(lines)
         atomic_write_text(out, text)
+        data = {"experiment": self.name, "title": title, "reproduce": reproduce, "commit": git_commit(),
+                "machine": machine_line(), "torch": torch.__version__,
+                "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results or {},
+                "runs": {name: {k: rec.get(k) for k in ("command", "budget", "commit", "machine", "wall_s")}
+                         for name in self.used for rec in [json.loads((self.records_dir / f"{name}.json").read_text())]},
+                "commands": list(dict.fromkeys(self.commands))}
+        atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
         print(text)
         return out
+
+
+def _config_has_loss(config: str, loss: str) -> bool:
+    """True when distill config `config` (repository-relative) names `loss` among its losses."""
+    import yaml
+
+    path = REPO / config
+    return path.is_file() and loss in ((yaml.safe_load(path.read_text()) or {}).get("losses") or {})
+
+
+def _needed_files(cmd: list[str]) -> list[Path]:
+    """Checkpoints under runs/ that a command reads (`--checkpoint X`, `...checkpoint=X`)."""
+    needs = []
+    for token in cmd:
+        value = token.split("=", 1)[1] if "=" in token else token
+        for part in value.replace("[", " ").replace("]", " ").replace(",", " ").replace("{", " ").split():
+            if part.endswith(".pt") and part.startswith("runs/"):
+                needs.append(REPO / part)
+    return needs
+
+
+def _fingerprint(cmd: list[str]) -> dict[str, str]:
+    """sha256 (first 16 hex) of every repository file a command names (configs, committed teachers)."""
+    from crossmodal.engine.checkpoint import file_sha256
+
+    found = {}
+    for token in cmd:
+        value = token.split("=", 1)[1] if "=" in token else token
+        for part in value.replace("[", " ").replace("]", " ").replace(",", " ").replace("{", " ").split():
+            path = REPO / part
+            if path.suffix in (".yaml", ".yml", ".pt") and not part.startswith("runs") and path.is_file():
+                found[part] = file_sha256(path)[:16]
+    return found
+
+
+def run_budget(cfg: dict) -> dict:
+    """Epochs, steps per epoch, batch, images seen and passes over the training split of a resolved config."""
+    from crossmodal.data.schema import open_prepared
+
+    epochs, batch = cfg["optim"]["epochs"], cfg["optim"]["batch_size"]
+    h5, info = open_prepared(REPO / cfg["data"]["path"])
+    h5.close()
+    n = info["splits"][cfg["data"].get("train_split", "train")]["n"]
+    steps = n // batch
+    if cfg["engine"].get("max_steps_per_epoch") is not None:
+        steps = min(steps, cfg["engine"]["max_steps_per_epoch"])
+    seen = epochs * steps * batch
+    return {"epochs": epochs, "steps_per_epoch": steps, "batch": batch, "images_seen": seen, "train_size": n,
+            "passes": round(seen / n, 2)}
+
+
+def budget_text(b: dict) -> str:
+    """'E epochs x S steps x B images (N images seen, P passes)' of a run_budget dict."""
+    plural = "epoch" if b["epochs"] == 1 else "epochs"
+    return (f"{b['epochs']} {plural} x {b['steps_per_epoch']} steps x {b['batch']} images "
+            f"({b['images_seen']:,} images seen, {b['passes']:g} passes over {b['train_size']:,})")
+
+
+def _clear(folder: Path) -> None:
+    """Remove a benchmark run or probe folder (under runs/) before it is made again."""
+    import shutil
+
+    if folder.exists() and (REPO / "runs") in folder.resolve().parents:
+        shutil.rmtree(folder)
+
+
+def git_commit() -> str:
+    """The checkout's short commit ('unknown' outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _shown(path: Path) -> str:
@@ -207,40 +420,43 @@ def bench(name: str, args: argparse.Namespace, module: str = "") -> Bench:
                  runs=Path("runs/quick") if args.quick else Path("runs"), module=module)
 
 
-def summary(run_dir: Path) -> dict:
-    """A finished run's summary.json."""
-    return json.loads((REPO / run_dir / "summary.json").read_text())
+def checkpoint_test_probs(paths: list, data: str, modality: str, split: str = "test"):
+    """(softmax outputs (N, classes) of each checkpoint's network on `split` of prepared file `data`, labels (N,)).
 
-
-def budget(run_dir: Path) -> str:
-    """'E epochs x S steps x B images (N images seen)' from a run's resolved config.yaml and its data file.
-
-    S is what the engine ran: floor(train samples / batch), capped by engine.max_steps_per_epoch.
+    Each network reads the split re-normalised to its own training stats, exactly as `distill` feeds a
+    teacher (crossmodal.tasks.distill.load_teachers).
     """
-    import yaml
+    import torch
+    from torch.utils.data import DataLoader
 
-    from crossmodal.data.schema import open_prepared
+    from crossmodal.data.dataset import PreparedDataset
+    from crossmodal.tasks.distill import DistillConfig, TeacherConfig, load_teachers
 
-    cfg = yaml.safe_load((REPO / run_dir / "config.yaml").read_text())
-    epochs, batch = cfg["optim"]["epochs"], cfg["optim"]["batch_size"]
-    h5, info = open_prepared(REPO / cfg["data"]["path"])
-    h5.close()
-    steps = info["splits"][cfg["data"].get("train_split", "train")]["n"] // batch
-    if cfg["engine"].get("max_steps_per_epoch") is not None:
-        steps = min(steps, cfg["engine"]["max_steps_per_epoch"])
-    plural = "epoch" if epochs == 1 else "epochs"
-    return f"{epochs} {plural} x {steps} steps x {batch} images ({epochs * steps * batch:,} images seen)"
-
-
-def probe_rows(bench_: Bench, name: str) -> list[dict]:
-    """The rows of probe run <runs>/probe/<name>/results.json."""
-    return json.loads((REPO / bench_.probe_dir / name / "results.json").read_text())["rows"]
+    test = PreparedDataset(REPO / data, split, [modality], preload=True)
+    loader = DataLoader(test, batch_size=500)
+    cfg = DistillConfig(teachers=[TeacherConfig(str(REPO / p), modality) for p in paths])
+    probs = []
+    for teacher in load_teachers(cfg, test):
+        with torch.no_grad():
+            probs.append(torch.cat([teacher(batch)["logits"].softmax(1) for batch in loader]))
+    return probs, torch.as_tensor(test.labels)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (0 for one value)."""
+def mean_std(values: list[float], sample: bool = False) -> tuple[float, float]:
+    """Mean and standard deviation: population (divide by n), or sample (n - 1) when `sample`; 0 for one value."""
     mean = sum(values) / len(values)
-    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    dof = len(values) - 1 if sample and len(values) > 1 else len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / dof) ** 0.5
+
+
+def welch_t(a: list[float], b: list[float]) -> Optional[float]:
+    """(mean(a) - mean(b)) / sqrt(s_a^2/n_a + s_b^2/n_b) with sample stds: how many standard errors apart
+    two sets of seeds are (None with fewer than 2 values on a side, or no spread at all)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    (ma, sa), (mb, sb) = mean_std(a, sample=True), mean_std(b, sample=True)
+    se = (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+    return None if se == 0 else (ma - mb) / se
 
 
 def machine_line() -> str:

@@ -12,24 +12,22 @@ runs end to end on real RGB-D data, not a result.
 """
 from __future__ import annotations
 
-from benchmarks.common import (Bench, Step, bench, budget, main_guard, new_figure,
-                               paired_bars, parser, probe_rows, summary)
+from benchmarks.common import Bench, Step, bench, budget_text, main_guard, new_figure, paired_bars, parser
 
-TEACHER = "imagenette_rgb_mobilenetv3"
+TEACHER = "imagenette96_rgb_mobilenetv3"  # a benchmark teacher (benchmarks.teachers)
 STUDENT = "nyu18_rgb_to_depth_crd"
 DENSE = "configs/probe/nyu18_depth_dense.yaml"
 PROBE = "nyu18_depth_dense"  # kept from the first cross-modal benchmark, so a finished probe is reused
 TRAIN_FRAMES = 10  # nyu18's unlabelled frames: the distillation's whole training split
 
 
-def stages(b: Bench, imagenette: str, nyu: str) -> list[list[Step]]:
-    """The RGB teacher, the depth student, the dense probe (student and random init)."""
+def stages(b: Bench, teacher: dict, nyu: str) -> list[list[Step]]:
+    """The depth student, the dense probe (student and random init)."""
     distill = b.train("distill", f"configs/cpu/{STUDENT}.yaml", STUDENT,
-                      "--set", f"teachers.0.checkpoint={b.runs}/{TEACHER}/best.pt", "--set", f"data.path={nyu}")
+                      "--set", f"teachers.0.checkpoint={teacher['path']}", "--set", f"data.path={nyu}")
     if b.quick:  # the quick batch (16) exceeds the training split; the config's own batch is all of it
         distill.cmd += ["--batch-size", str(TRAIN_FRAMES)]
     return [
-        [b.train("teach", f"configs/cpu/{TEACHER}.yaml", TEACHER, "--set", f"data.path={imagenette}")],
         [distill],
         [b.probe("dense", PROBE, DENSE, "--checkpoint", f"{b.runs}/{STUDENT}/last.pt", "--data", nyu,
                  "--random-init")],
@@ -40,17 +38,18 @@ def main() -> None:
     args = parser("rgbd_nyu18", __doc__).parse_args()
     b = bench("rgbd_nyu18", args)
     nyu = b.data("nyu18")
-    for stage in stages(b, b.data("imagenette"), nyu):
+    teacher = b.teacher(TEACHER)
+    for stage in stages(b, teacher, nyu):
         b.run_stage(stage)
-    report(b, nyu)
+    report(b, teacher, nyu)
 
 
-def report(b: Bench, nyu: str) -> None:
+def report(b: Bench, teacher: dict, nyu: str) -> None:
     rows = {("random init" if r["checkpoint"] == "random-init" else "CRD student of the RGB teacher"): r
-            for r in probe_rows(b, PROBE)}
+            for r in b.probe_rows(PROBE)}
     body = [
         f"RGB -> depth on nyu18 (`{nyu}`: the first 18 frames of NYU-Depth-V2's labelled set, 96 px). The Imagenette "
-        f"RGB teacher (test top-1 {summary(b.runs / TEACHER)['final_test_top1']:.2f} on Imagenette) reads each frame's "
+        f"RGB teacher `{teacher['path']}` (test top-1 {teacher['test_top1']:.2f} on Imagenette) reads each frame's "
         f"RGB; the depth student learns from it by CRD, without labels, on the {TRAIN_FRAMES} unlabelled frames. "
         "Dense probe: a per-pixel linear head on the depth network's last three frozen stage maps, 13 classes "
         "(label 0 ignored), on the 8 labelled frames 2-fold by frame index (each frame scored once by a head that "
@@ -59,8 +58,9 @@ def report(b: Bench, nyu: str) -> None:
         "**18 frames (8 labelled) make this a functional check of the RGB -> depth path on real RGB-D data, not a "
         "result**: with 8 test frames, differences between the rows say nothing about the method.",
         "",
-        f"Budget, stated plainly: RGB teacher {budget(b.runs / TEACHER)}; depth student {budget(b.runs / STUDENT)} "
-        f"(one step per epoch over the {TRAIN_FRAMES} frames); dense probe head {budget(b.probe_dir / PROBE)} per fold.",
+        f"Budget, first: depth student {budget_text(b.budget(STUDENT))} (one step per epoch over the {TRAIN_FRAMES} "
+        f"frames); dense probe head {budget_text(b.record(f'probe/{PROBE}')['budget'])} per fold; RGB teacher "
+        f"{teacher['passes']:g} passes over Imagenette-96.",
         "",
         "| depth network | pixel accuracy (%) | mIoU (%) | labelled pixels scored |",
         "|---|---|---|---|",
@@ -77,7 +77,9 @@ def report(b: Bench, nyu: str) -> None:
         "ImageNet; a mobilenetv3_small_100 depth network at 96 px; a frozen linear probe instead of a trained "
         "segmentation network.",
     ]
-    b.write("Cross-modal transfer RGB -> depth on nyu18 (functional check)", body, figure(rows))
+    results = {"metric": "dense probe pixel accuracy / mIoU (%)", "teacher": teacher, "budget": b.budget(STUDENT),
+               "rows": {label: {k: r[k] for k in ("pixel_acc", "miou", "labelled_pixels")} for label, r in rows.items()}}
+    b.write("Cross-modal transfer RGB -> depth on nyu18 (functional check)", body, figure(rows), results=results)
 
 
 def figure(rows: dict):
@@ -88,6 +90,7 @@ def figure(rows: dict):
     ax.set_ylabel("%")
     ax.set_title("nyu18 dense probe on depth (8 labelled frames: a functional check)")
     return fig
+
 
 if __name__ == "__main__":
     main_guard(main)

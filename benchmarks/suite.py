@@ -1,11 +1,12 @@
 """The paper's experiments, one after another, on real data (../shared/data), CPU-sized.
 
-    python -m benchmarks.suite --jobs 2            # the whole suite: about 3 hours on 2 cores from scratch
+    python -m benchmarks.suite --jobs 2            # the whole suite: many hours on 2 cores (see the README)
     python -m benchmarks.suite --quick --jobs 2    # smoke run of every experiment: under 5 minutes
     python -m benchmarks.suite --only ensemble,ablation
 
-Each experiment is also runnable alone (`python -m benchmarks.<name>`); a finished step is never rerun, so
-a killed suite continues where it stopped. The suite writes benchmarks/results/suite.md (runs/quick/results/
+Each experiment is also runnable alone (`python -m benchmarks.<name>`). A finished step leaves a committed
+record (benchmarks/results/records/) and is never rerun, so a killed suite, or one continued in another
+session on a fresh checkout, goes on where it stopped. The suite writes benchmarks/results/suite.md (runs/quick/results/
 under --quick): each experiment's command, wall time and exit status.
 """
 from __future__ import annotations
@@ -19,16 +20,17 @@ import time
 from benchmarks.common import REPO, machine_line
 from crossmodal.config import atomic_write_text
 
-# (experiment, arguments), in an order that respects what they share: compression trains the teachers
-# that transfer (Tiny-ImageNet-100), ablation (CIFAR-10) and ensemble (the vanilla resnet8 runs) reuse.
+# (experiment, arguments), in an order that respects what they share: the teachers first; compression on
+# Tiny-ImageNet-100 trains the seed-0 students that transfer probes; ablation's labels-only run is ensemble's.
 EXPERIMENTS = [
-    ("compression", ["--dataset", "tinyimagenet100", "--seeds", "0,1"]),
+    ("teachers", []),
+    ("compression", ["--dataset", "cifar10", "--seeds", "0,1,2"]),
+    ("compression", ["--dataset", "tinyimagenet100", "--seeds", "0,1,2", "--methods", "vanilla,KD,CRD,CRD+KD"]),
     ("transfer", []),
     ("crossmodal_imagenette", []),
-    ("rgbd_nyu18", []),
-    ("compression", ["--dataset", "cifar10", "--seeds", "0,1"]),
-    ("ensemble", []),
     ("ablation", []),
+    ("ensemble", []),
+    ("rgbd_nyu18", []),
 ]
 
 

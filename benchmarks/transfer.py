@@ -1,11 +1,12 @@
 """Transferability of representations (the paper's Table 4 protocol, CPU-sized): Tiny-ImageNet-100 -> Imagenette-96.
 
-    python -m benchmarks.transfer --jobs 2     # ~5 min on 2 cores when the compression benchmark's
-                                               # tinyimagenet100 seed-0 runs exist; ~25 min from nothing
+    python -m benchmarks.transfer --jobs 2     # minutes when the compression benchmark's tinyimagenet100
+                                               # seed-0 students exist in runs/; else they are trained first
 
-The networks are those of the compression benchmark on Tiny-ImageNet-100 (seed 0): the resnet20 teacher, the
-resnet8 student trained from labels alone, and the resnet8 students by KD, CRD and CRD+KD. Missing ones are
-trained by exactly the compression benchmark's commands (benchmarks.compression.stages). Each network is
+The networks are those of the compression benchmark on Tiny-ImageNet-100 (seed 0): the committed resnet20
+teacher (teachers/tinyimagenet100_resnet20.pt), the resnet8 student trained from labels alone, and the resnet8
+students by KD, CRD and CRD+KD. A student whose checkpoint is not in runs/ is trained again by exactly the
+compression benchmark's command (benchmarks.compression.student_steps). Each network is
 frozen and a linear classifier is trained on its embedding of Imagenette-96, resized to the 32 px it was
 trained at (`--input-size checkpoint`); a random-init resnet8 row says what the architecture gives without
 training. Every network is probed at last.pt, the weights of its reported final test top-1.
@@ -13,8 +14,7 @@ training. Every network is probed at last.pt, the weights of its reported final 
 from __future__ import annotations
 
 from benchmarks import compression
-from benchmarks.common import (Bench, Step, bench, budget, main_guard, new_figure,
-                               paired_bars, parser, probe_rows, summary)
+from benchmarks.common import Bench, Step, bench, budget_text, main_guard, new_figure, paired_bars, parser
 
 METHODS = ["vanilla", "KD", "CRD", "CRD+KD"]
 SEED = 0
@@ -26,41 +26,39 @@ PAPER = {"teacher": (68.6, 31.5), "student": (69.7, 33.7), "KD": (70.9, 33.9), "
 
 
 def networks(p: dict) -> dict[str, str]:
-    """Row label -> run name of every probed network."""
+    """Row label -> run name of every probed network (the teacher: its benchmark teacher name)."""
     teacher, student = p["arch"]
     return {f"teacher {teacher}": p["teacher"],
             **{f"{student} {method}": compression.run_name(p, method, SEED) for method in METHODS}}
 
 
-def probe(b: Bench, run: str, data: str, random_init: bool = False) -> Step:
-    return b.probe("linear", f"transfer_{run}", "--checkpoint", f"{b.runs}/{run}/last.pt", "--data", data,
+def probe(b: Bench, run: str, checkpoint: str, data: str, random_init: bool = False) -> Step:
+    return b.probe("linear", f"transfer_{run}", "--checkpoint", checkpoint, "--data", data,
                    "--input-size", "checkpoint", *(["--random-init"] if random_init else []))
-
-
-def stages(b: Bench, p: dict, tiny: str, imagenette: str) -> list[list[Step]]:
-    """The compression benchmark's teacher and students (seed 0), with the probes as soon as their network exists."""
-    teacher, students = compression.stages(b, p, [SEED], ["--set", f"data.path={tiny}"], [], METHODS)
-    runs = list(networks(p).values())
-    vanilla = compression.run_name(p, "vanilla", SEED)
-    return [teacher, [*students, probe(b, p["teacher"], imagenette)],
-            [probe(b, run, imagenette, random_init=run == vanilla) for run in runs if run != p["teacher"]]]
 
 
 def main() -> None:
     args = parser("transfer", __doc__).parse_args()
     b = bench("transfer", args)
     p = compression.profile("tinyimagenet100")
-    imagenette = b.data("imagenette")
-    for stage in stages(b, p, b.data("tinyimagenet100"), imagenette):
-        b.run_stage(stage)
-    report(b, p, imagenette)
+    tiny, imagenette = b.data("tinyimagenet100"), b.data("imagenette")
+    teacher = b.teacher(p["teacher"])
+    students = compression.student_steps(b, p, teacher["path"], [SEED], ["--set", f"data.path={tiny}"], [], METHODS)
+    vanilla = compression.run_name(p, "vanilla", SEED)
+    probes = [probe(b, p["teacher"], teacher["path"], imagenette)]
+    probes += [probe(b, run, f"{b.runs}/{run}/last.pt", imagenette, random_init=run == vanilla)
+               for run in networks(p).values() if run != p["teacher"]]
+    b.run_stage(students)  # done already when the compression benchmark ran (their records exist)
+    b.run_stage(probes)
+    report(b, p, teacher, imagenette)
 
 
-def report(b: Bench, p: dict, imagenette: str) -> None:
+def report(b: Bench, p: dict, teacher: dict, imagenette: str) -> None:
     rows = {}  # label -> (probe row, own test top-1 or None)
     for label, run in networks(p).items():
-        probed = probe_rows(b, f"transfer_{run}")
-        rows[label] = (next(r for r in probed if r["checkpoint"] != RANDOM), summary(b.runs / run)["final_test_top1"])
+        probed = b.probe_rows(f"transfer_{run}")
+        own = teacher["test_top1"] if run == p["teacher"] else b.summary(run)["final_test_top1"]
+        rows[label] = (next(r for r in probed if r["checkpoint"] != RANDOM), own)
         rows.update({f"{p['arch'][1]} random init": (r, None) for r in probed if r["checkpoint"] == RANDOM})
     vanilla = compression.run_name(p, "vanilla", SEED)
     body = [
@@ -70,8 +68,8 @@ def report(b: Bench, p: dict, imagenette: str) -> None:
         "32 px the networks were trained at and normalised with Imagenette's channel stats. Linear probe: AdamW on "
         "standardised features, the probe's default recipe.",
         "",
-        f"Budget, stated plainly: teacher {budget(b.runs / p['teacher'])}; each student {budget(b.runs / vanilla)} "
-        "(well under one pass over Tiny-ImageNet-100, against the paper's 240 epochs on CIFAR-100).",
+        f"Budget, first: the teacher `{teacher['path']}` ({teacher['passes']:g} passes); each student "
+        f"{budget_text(b.budget(vanilla))} (the paper: 240 epochs on CIFAR-100).",
         "",
         "| network | Imagenette-96 linear probe top-1 (top-5) | its own Tiny-ImageNet-100 test top-1 |",
         "|---|---|---|",
@@ -93,7 +91,11 @@ def report(b: Bench, p: dict, imagenette: str) -> None:
         "Tiny-ImageNet; AT and FitNet not probed here. In the paper every student, the one trained from labels "
         "alone included, transfers better than its teacher, and CRD and CRD+KD transfer best.",
     ]
-    b.write("Transferability: Tiny-ImageNet-100 networks probed on Imagenette-96", body, figure(rows))
+    results = {"metric": "Imagenette-96 linear-probe test top-1 (%)", "seed": SEED, "teacher": teacher,
+               "budget": b.budget(vanilla),
+               "networks": {label: {"probe_top1": r["top1"], "probe_top5": r["top5"], "own_test_top1": own}
+                            for label, (r, own) in rows.items()}}
+    b.write("Transferability: Tiny-ImageNet-100 networks probed on Imagenette-96", body, figure(rows), results=results)
 
 
 def figure(rows: dict):
@@ -104,6 +106,7 @@ def figure(rows: dict):
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Tiny-ImageNet-100 networks, frozen, linear probe on Imagenette-96")
     return fig
+
 
 if __name__ == "__main__":
     main_guard(main)

@@ -1,5 +1,6 @@
-"""The benchmark harness (benchmarks/common.py, suite.py, compression.py): skip-if-done, resume, parallel
-jobs, failures, budgets, missing data, and the commands the compression experiment builds."""
+"""The benchmark harness (benchmarks/common.py, suite.py, compression.py, teachers.py): skip-if-done, records
+that carry finished runs across checkouts, resume, parallel jobs, failures, budgets, missing data, the results
+.json, committed teachers, and the commands the compression experiment builds."""
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import common, compression, suite
-from benchmarks.common import Bench, BenchmarkSkipped, Step, budget, mean_std
+from benchmarks import common, compression, suite, teachers
+from benchmarks.common import Bench, BenchmarkSkipped, Step, mean_std, run_budget, welch_t
 
 # A stand-in for a CLI command: appends its argv to the file named first, then sleeps if asked.
 RECORDER = ("import sys, time, pathlib; p = pathlib.Path(sys.argv[1]); "
@@ -18,7 +19,7 @@ RECORDER = ("import sys, time, pathlib; p = pathlib.Path(sys.argv[1]); "
 
 
 def bench_in(tmp_path: Path, jobs: int = 1) -> Bench:
-    return Bench(name="t", jobs=jobs, runs=tmp_path / "runs")
+    return Bench(name="t", jobs=jobs, runs=tmp_path / "runs", records=tmp_path / "records")
 
 
 def recorder(done: Path, *args: str, resume_from: Path | None = None) -> Step:
@@ -83,43 +84,168 @@ def test_quick_mode_reads_mini_data_and_writes_under_runs_quick(tmp_path, monkey
     assert step.cmd[-len(common.QUICK_TRAIN):] == common.QUICK_TRAIN
 
 
-def test_mean_std_is_the_population_std():
+def test_mean_std_population_and_sample():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
-    assert mean_std([5.0]) == (5.0, 0.0)
+    assert mean_std([1.0, 3.0], sample=True) == (2.0, 2.0 ** 0.5)
+    assert mean_std([5.0]) == (5.0, 0.0) and mean_std([5.0], sample=True) == (5.0, 0.0)
 
 
-def test_budget_counts_the_steps_the_engine_runs(tmp_path, monkeypatch, make_prepared):
+def test_welch_t_by_hand():
+    # means 2 and 0, sample variances 1 and 1, n 3 each: se = sqrt(1/3 + 1/3), t = 2 / se = sqrt(6)
+    assert welch_t([1.0, 2.0, 3.0], [-1.0, 0.0, 1.0]) == pytest.approx(6 ** 0.5)
+    assert welch_t([1.0], [0.0, 1.0]) is None and welch_t([1.0, 1.0], [1.0, 1.0]) is None
+
+
+def test_run_budget_counts_the_steps_the_engine_runs(tmp_path, monkeypatch, make_prepared):
     monkeypatch.setattr(common, "REPO", tmp_path)
     make_prepared(splits={"train": 100, "test": 10}, modalities=("rgb",), name="d.h5")
-    run = tmp_path / "run"
-    run.mkdir()
-    for max_steps, expected in ((5, "3 epochs x 5 steps x 16 images (240 images seen)"),
-                                (50, "3 epochs x 6 steps x 16 images (288 images seen)")):  # 100 // 16 = 6
+    for max_steps, steps in ((5, 5), (50, 6)):  # 100 // 16 = 6 steps without a cap
         cfg = {"data": {"path": "d.h5"}, "optim": {"epochs": 3, "batch_size": 16},
                "engine": {"max_steps_per_epoch": max_steps}}
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-        assert budget(Path("run")) == expected
+        b = run_budget(cfg)
+        assert b == {"epochs": 3, "steps_per_epoch": steps, "batch": 16, "images_seen": 3 * steps * 16,
+                     "train_size": 100, "passes": round(3 * steps * 16 / 100, 2)}
+    assert "3 epochs x 6 steps x 16 images (288 images seen, 2.88 passes over 100)" == common.budget_text(b)
+
+
+def fake_run(tmp_path: Path, name: str, top1: float, note: str = "") -> Step:
+    """A step whose command writes a finished run folder (config.yaml, summary.json) like `crossmodal teach`."""
+    run = tmp_path / "runs" / name
+    code = ("import json, pathlib, sys, yaml; run = pathlib.Path(sys.argv[1]); run.mkdir(parents=True, exist_ok=True); "
+            "(run / 'config.yaml').write_text(yaml.safe_dump({'data': {'path': sys.argv[3]}, 'optim': {'epochs': 2, "
+            "'batch_size': 10}, 'engine': {}})); (run / 'summary.json').write_text(json.dumps({'final_test_top1': "
+            "float(sys.argv[2])})); (run / 'last.pt').write_text('w'); "
+            "log = run.parent / 'calls.txt'; log.write_text((log.read_text() if log.exists() else '') + run.name + '\\n')")
+    return Step([sys.executable, "-c", code, str(run), str(top1), str(tmp_path / "d.h5"), note], run / "summary.json",
+                record=name)
+
+
+def test_records_carry_finished_runs_to_a_fresh_checkout(tmp_path, monkeypatch, make_prepared):
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    make_prepared(splits={"train": 40, "test": 10}, modalities=("rgb",), name="d.h5")
+    b = bench_in(tmp_path)
+    b.run_stage([fake_run(tmp_path, "a", 61.5)])
+    rec = b.record("a")
+    assert rec["summary"]["final_test_top1"] == 61.5 and rec["budget"]["passes"] == 2.0  # 2 epochs x 4 steps x 10 / 40 rows
+    assert rec["command"] == fake_run(tmp_path, "a", 61.5).text
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the run folder is gone, the record is committed
+    b2 = bench_in(tmp_path)
+    b2.run_stage([fake_run(tmp_path, "a", 61.5)])
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    assert b2.summary("a")["final_test_top1"] == 61.5
+
+
+def test_a_record_of_another_command_is_stale_and_the_step_runs_again(tmp_path, monkeypatch, make_prepared):
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    make_prepared(splits={"train": 40, "test": 10}, modalities=("rgb",), name="d.h5")
+    b = bench_in(tmp_path)
+    b.run_stage([fake_run(tmp_path, "a", 50.0, note="old budget")])
+    b.run_stage([fake_run(tmp_path, "a", 70.0, note="new budget")])  # same run name, another command
+    assert b.summary("a")["final_test_top1"] == 70.0
+    assert (tmp_path / "runs" / "calls.txt").read_text() == "a\na\n"
+
+
+def test_a_missing_checkpoint_reruns_the_step_that_writes_it(tmp_path, monkeypatch, make_prepared):
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    make_prepared(splits={"train": 40, "test": 10}, modalities=("rgb",), name="d.h5")
+    b = bench_in(tmp_path)
+    producer = fake_run(tmp_path, "student", 55.0)
+    b._producers[producer.done.parent] = producer
+    b.run_stage([producer])
+    (producer.done.parent / "last.pt").unlink()  # the record exists, the checkpoint does not
+    consumer = recorder(tmp_path / "probe.txt", "probed")
+    consumer.needs = [producer.done.parent / "last.pt"]
+    b.run_stage([producer, consumer])
+    assert (producer.done.parent / "last.pt").exists()
+    assert (tmp_path / "runs" / "calls.txt").read_text() == "student\nstudent\n"
+    assert (tmp_path / "probe.txt").read_text() == "probed\n"
+
+
+def test_write_puts_a_json_beside_the_markdown(tmp_path, monkeypatch, make_prepared):
+    import json
+
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    make_prepared(splits={"train": 40, "test": 10}, modalities=("rgb",), name="d.h5")
+    b = Bench(name="exp", runs=tmp_path / "runs", records=tmp_path / "records")
+    b.run_stage([fake_run(tmp_path, "a", 61.5)])
+    b.summary("a")
+    out = b.write("T", ["body"], results={"methods": {"x": {"per_seed": {"0": 61.5}}}}, argv=[])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["results"]["methods"]["x"]["per_seed"]["0"] == 61.5
+    assert data["runs"]["a"]["budget"]["passes"] == 2.0 and data["runs"]["a"]["command"]
+    assert {"commit", "machine", "reproduce"} <= set(data)
 
 
 def test_compression_builds_each_method_with_the_shared_teacher(tmp_path):
     b = Bench(name="t", runs=Path("runs"))
-    steps = compression.student_steps(b, compression.profile("cifar10", "cpu"), [0, 1], ["--set", "data.path=d.h5"], [])
+    p = compression.profile("cifar10", "cpu")
+    steps = compression.student_steps(b, p, "teachers/cifar10_resnet20.pt", [0, 1], ["--set", "data.path=d.h5"], [])
     assert len(steps) == 2 * len(compression.METHODS)
     names = [s.cmd[s.cmd.index("--name") + 1] for s in steps]
     assert names[:3] == ["cifar10_resnet8_s0", "cifar10_resnet20_resnet8_kd_s0", "cifar10_resnet20_resnet8_fitnet_s0"]
     for step in steps[1:len(compression.METHODS)]:
-        assert "teachers.0.checkpoint=runs/cifar10_resnet20/best.pt" in step.cmd
+        assert "teachers.0.checkpoint=teachers/cifar10_resnet20.pt" in step.cmd
         assert (common.REPO / step.cmd[2]).exists(), step.cmd[2]  # every CPU config is shipped
 
 
 def test_compression_gpu_profile_derives_missing_methods_from_the_kd_config():
     b = Bench(name="t", runs=Path("runs"))
-    steps = compression.student_steps(b, compression.profile("cifar100", "gpu"), [0], [], ["--device", "cuda"])
+    steps = compression.student_steps(b, compression.profile("cifar100", "gpu"), "runs/cifar100_resnet32x4/last.pt",
+                                      [0], [], ["--device", "cuda"])
     fitnet = next(s for s in steps if "resnet32x4_resnet8x4_fitnet_s0" in s.cmd)
     assert fitnet.cmd[2] == "configs/cifar100/resnet32x4_resnet8x4_kd.yaml"
     assert "losses={ce: 1.0, fitnet: 100.0}" in fitnet.cmd and "loss_params={}" in fitnet.cmd
     crd = next(s for s in steps if "resnet32x4_resnet8x4_crd_s0" in s.cmd)
     assert crd.cmd[2] == "configs/cifar100/resnet32x4_resnet8x4_crd.yaml"
+    assert crd.needs == [common.REPO / "runs/cifar100_resnet32x4/last.pt"]
+
+
+def test_every_student_config_of_the_suite_sees_at_least_five_passes():
+    """The fidelity budget: no student below 5 passes (CIFAR-size splits are 50,000 images)."""
+    for path in sorted((common.REPO / "configs/cpu").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if path.name.startswith("nyu18"):
+            continue  # 10 frames, one step an epoch: its 60 epochs are 60 passes
+        assert cfg["optim"]["epochs"] >= 5 and "max_steps_per_epoch" not in (cfg.get("engine") or {}), path.name
+
+
+def test_committed_teachers_match_their_records():
+    """teachers/teachers.json names every committed file with its sha256, and the weights stay under 40 MB."""
+    from crossmodal.engine.checkpoint import file_sha256
+
+    records = teachers.load_records()
+    for name, rec in records.items():
+        assert name in teachers.TEACHERS
+        assert file_sha256(common.REPO / rec["file"]) == rec["sha256"], name
+        assert rec["size_bytes"] == (common.REPO / rec["file"]).stat().st_size
+    assert sum(r["size_bytes"] for r in records.values()) <= teachers.MAX_TOTAL_MB * 2**20
+
+
+def test_export_weights_keeps_the_network_and_drops_the_rest(tmp_path):
+    import torch
+
+    from crossmodal.engine.checkpoint import FORMAT, export_weights, load_model, save_checkpoint
+    from crossmodal.models import build_model
+
+    model = build_model("resnet8", in_chans=3, num_classes=4).eval()
+    meta = {"arch": "resnet8", "modality": "rgb", "in_chans": 3, "num_classes": 4, "class_names": list("abcd"),
+            "data_path": "d.h5", "stats": {"rgb": {"mean": [0.0] * 3, "std": [1.0] * 3}}}
+    save_checkpoint(tmp_path / "full.pt", {"format": FORMAT, "model": model.state_dict(), "meta": meta, "epoch": 3,
+                                           "optimizer": {"state": {0: {"momentum": torch.ones(1000)}}},
+                                           "task": {"memory": torch.ones(5000, 128)}})
+    export_weights(tmp_path / "full.pt", tmp_path / "slim.pt")
+    export_weights(tmp_path / "full.pt", tmp_path / "half.pt", half=True)
+    slim = torch.load(tmp_path / "slim.pt", weights_only=True)
+    assert "optimizer" not in slim and "task" not in slim and slim["epoch"] == 3
+    assert (tmp_path / "slim.pt").stat().st_size < (tmp_path / "full.pt").stat().st_size / 5
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)["logits"]
+        assert torch.equal(load_model(tmp_path / "slim.pt")[0](x)["logits"], want)
+        half = load_model(tmp_path / "half.pt")[0](x)["logits"]
+    assert not torch.equal(half, want) and torch.allclose(half, want, atol=1e-2)
 
 
 def test_suite_rejects_an_unknown_experiment(capsys):

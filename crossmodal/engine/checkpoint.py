@@ -114,6 +114,25 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     return model, meta
 
 
+def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict:
+    """Write the network of checkpoint `src` alone to `dst`: what `load_model` needs, nothing to resume.
+
+    The export keeps the format marker, the epoch, the model's state_dict (fp16 floats when `half`;
+    `load_model` casts them back to the model's dtype), the model metadata, the run's resolved config and
+    its per-epoch metrics. Distiller state (CRD memories), optimiser, scheduler and RNG states are dropped,
+    so a teacher or student can be shared in a fraction of the size. Returns the exported dict.
+    """
+    ckpt = load_checkpoint(src)
+    if "model" not in ckpt or "meta" not in ckpt:
+        raise CheckpointError(f"{src}: checkpoint has no model or model metadata to export")
+    weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    slim = {"format": FORMAT, "version": VERSION, "crossmodal_version": ckpt.get("crossmodal_version"),
+            "epoch": ckpt.get("epoch"), "model": weights, "meta": ckpt["meta"], "config": ckpt.get("config"),
+            "metrics": ckpt.get("metrics"), "task_meta": ckpt.get("task_meta", {}), "exported_from": str(src)}
+    save_checkpoint(dst, slim)
+    return slim
+
+
 def check_meta(meta: dict, path: str | Path) -> None:
     """CheckpointError naming the key when a checkpoint's model metadata has the wrong type or value."""
     def bad(key: str, expected: str):
