@@ -357,15 +357,15 @@ class Trainer:
                 bar.set_postfix(loss=f"{running:.4f}", img_s=f"{rate:.0f}")
                 logger.log_step(epoch * self.steps_per_epoch + i + 1, {"train/loss": running})
         bar.close()
+        totals = all_reduce_sum(step.sums.clone()).tolist()  # the epoch's one read: waits for the queued steps
         train_time = time.perf_counter() - start
-        totals = all_reduce_sum(step.sums.clone())
         total_seen = seen * self.dist.world_size
-        self._check_finite(totals[0].item() / max(total_seen, 1), epoch, self.steps_per_epoch - 1)
+        self._check_finite(totals[0] / max(total_seen, 1), epoch, self.steps_per_epoch - 1)
         row = {"epoch": epoch + 1, "lr": lr,
-               "train_loss": totals[0].item() / total_seen}
+               "train_loss": totals[0] / total_seen}
         for j, name in enumerate(step.term_names):
-            row[f"train_{name}"] = totals[3 + j].item() / total_seen
-        row["train_top1"] = 100.0 * totals[1].item() / max(totals[2].item(), 1)
+            row[f"train_{name}"] = totals[3 + j] / total_seen
+        row["train_top1"] = 100.0 * totals[1] / max(totals[2], 1)
         row["images_per_s"] = total_seen / train_time
         return row
 
