@@ -1,0 +1,128 @@
+"""The GPU queue (benchmarks.gpu.queue): order, states, input limits, and a run continued over slots on the CPU."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import make_prepared  # noqa: E402
+
+from benchmarks.gpu import queue  # noqa: E402
+from crossmodal.config import TeachConfig, load_config  # noqa: E402
+from crossmodal.engine import load_checkpoint  # noqa: E402
+from crossmodal.tasks.teach import run_teach  # noqa: E402
+
+MiB = 2**20
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A file of `size` bytes that takes no disk space."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_queue_order_follows_the_issue_and_students_wait_for_their_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(queue, "committed_teacher", lambda job: None)  # as if teachers/ held none
+    monkeypatch.setattr(queue, "_committed_b_teacher", lambda job: False)
+    jobs = queue.build_jobs()
+    names = [j.name for j in jobs]
+    assert [j.group for j in jobs] == sorted(j.group for j in jobs)  # a, then b, then c, then d
+    assert names[0] == "speed" and names[-1] == "L_to_ab_imagenette"
+    t1 = [n for n in names if n.startswith("t1_")]
+    assert t1[:5] == ["t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0", "t1_vgg13_vgg8_kd_s0",
+                      "t1_vgg13_vgg8_crd_s0", "t1_vgg13_vgg8_crd_kd_s0"]
+    assert t1.index("t1_wrn_40_2_teacher_s0") < t1.index("t1_resnet32x4_teacher_s0") < t1.index("t1_vgg13_teacher_s1")
+    assert all(Path(queue.REPO, j.config).exists() for j in jobs if j.config and j.group != "b")
+
+    results, state = tmp_path / "results", tmp_path / "state"
+    assert queue.next_job(jobs, results, state).name == "speed"
+    results.mkdir()
+    for name in ("speed", "teacher_cifar10_resnet20", "teacher_tinyimagenet100_resnet20",
+                 "teacher_imagenette96_L_mobilenetv3", "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
+        (results / f"gpu_{name}.json").write_text(json.dumps({"status": "done"}))
+    kd = next(j for j in jobs if j.name == "t1_vgg13_vgg8_kd_s0")
+    assert queue.status(kd, results, state) == "waiting"  # its teacher's weights are not here
+    assert queue.next_job(jobs, results, state).name == "t1_wrn_40_2_teacher_s0"  # the next runnable job
+    sparse(queue.teacher_file("t1_vgg13_teacher_s0", state), 1000)
+    assert queue.next_job(jobs, results, state).name == "t1_vgg13_vgg8_kd_s0"
+    (results / "gpu_t1_vgg13_vgg8_kd_s0.json").write_text(json.dumps({"status": "partial"}))
+    assert queue.status(kd, results, state) == "partial" and queue.next_job(jobs, results, state) is kd
+
+
+def test_inputs_are_counted_and_a_job_over_64_mib_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(queue, "_committed_b_teacher", lambda job: False)
+    shared, state = tmp_path / "shared", tmp_path / "state"
+    sparse(shared / "tinyimagenet100-32.tar.gz", 36 * MiB)
+    job = next(j for j in queue.build_jobs() if j.name == "t1_resnet32x4_resnet8x4_crd_kd_s0")
+    sparse(queue.teacher_file("t1_resnet32x4_teacher_s0", state), 28 * MiB)  # float32 resnet32x4
+    plan = queue.plan(job, tree_bytes=2 * MiB, state=state, shared=shared)
+    assert plan["carry"] == [".gpu_data/tinyimagenet100-32.tar.gz", ".gpu_state/teachers/t1_resnet32x4_teacher_s0.pt"]
+    assert plan["input_mib"] == 66.0
+    assert plan["problems"] == ["input 66.0 MiB > 64 MiB (working tree 2.0 MiB + carried 64.0 MiB)"]
+    sparse(queue.teacher_file("t1_resnet32x4_teacher_s0", state), 14 * MiB)  # rounded to float16
+    assert queue.plan(job, tree_bytes=2 * MiB, state=state, shared=shared)["problems"] == []
+    assert queue.working_tree_bytes() < 32 * MiB  # the repository leaves room for the data and a teacher
+
+
+def _teach_config(tmp_path: Path, data: Path) -> Path:
+    cfg = {"data": {"path": str(data), "augment": {"crop": 16, "padding": 2, "hflip": True}},
+           "model": {"arch": "resnet8", "modality": "rgb"},
+           "optim": {"lr": 0.05, "batch_size": 16, "epochs": 2, "schedule": "step", "milestones": [1]},
+           "engine": {"device": "cpu", "progress": False, "log_every": 1000}}
+    path = tmp_path / "tiny_teacher.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_run_continues_over_slots_and_ends_with_the_weights_of_one_run(tmp_path):
+    """Each slot stops the run after one more epoch; its last.pt comes back in parts, is filed here, and the next
+    slot (a fresh machine: no run folder) resumes from it. The final weights equal an uninterrupted run's."""
+    data = make_prepared(tmp_path, splits={"train": 128, "test": 16}, modalities=("rgb",), size=16)
+    job = queue.Job("tiny_run_s0", "c", "teach", "tiny run", config=str(_teach_config(tmp_path, data)))
+    cfg = load_config(job.config, TeachConfig, [f"data.path={data}", f"name={job.name}",
+                                                   f"out_dir={tmp_path / 'straight'}"])
+    run_teach(cfg)  # the uninterrupted run, in this process
+
+    results, host_state = tmp_path / "results", tmp_path / "host_state"
+    records = []
+    for slot in range(4):
+        device_state = tmp_path / f"device{slot}"  # a bare machine: only what the slot carries
+        if (host_state / "resume").exists():
+            shutil.copytree(host_state / "resume", device_state / "resume")
+        out = tmp_path / f"out{slot}"
+        record = queue.run_job(job, out, state=device_state, prepared=data, device="cpu", stop_after_epochs=1)
+        records.append(record)
+        returned = sorted(p.name for p in out.iterdir())
+        assert len(returned) <= queue.MAX_FILES and all(p.stat().st_size <= queue.FILE_LIMIT for p in out.iterdir())
+        queue.collect(job, out, results, host_state)
+        if record["status"] == "done":
+            break
+        assert record["returned_state"].startswith("last.pt.part00") and "last.pt.part00" in returned
+    assert [r["status"] for r in records][-1] == "done" and len(records) >= 2
+    assert records[0]["epochs_done"] == 1 and records[0]["status"] == "partial"
+    assert json.loads((results / "gpu_tiny_run_s0.json").read_text())["status"] == "done"
+    assert not (host_state / "resume" / job.name).exists()  # a finished run leaves no state to carry
+    a = load_checkpoint(tmp_path / "straight" / job.name / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / f"device{len(records) - 1}" / "runs" / job.name / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not queue.teacher_file(job.name, host_state).exists()  # only teacher jobs return weights
+
+
+def test_next_prints_the_device_command_and_what_it_carries(capsys):
+    assert queue.main(["--next"]) == 0
+    printed = capsys.readouterr().out
+    job = queue.next_job(queue.build_jobs())
+    if job is None:
+        assert "the queue is done" in printed
+    else:
+        plan = json.loads(printed)
+        assert plan["command"] == f"PYTHONUNBUFFERED=1 python -m benchmarks.gpu.queue --run {job.name} --out $OUT"
+        assert plan["input_mib"] * MiB <= queue.INPUT_LIMIT or plan["problems"]
