@@ -90,10 +90,11 @@ FORCE = click.option("--force", is_flag=True,
 
 def _run(method: str, config, overrides, resume: bool = False, force: bool = False) -> None:
     from crossmodal.probe.report import format_table
-    from crossmodal.tasks.probe import load_probe_config, run_probe
+    from crossmodal.tasks.probe import load_probe_config, probe_outputs, refuse_overwrite, run_probe
 
     cfg = load_probe_config(config, overrides, method=method)
-    results = run_probe(cfg, resume=resume, force=force)
+    refuse_overwrite(probe_outputs(cfg), force)  # before any work: an earlier probe's results stay as they are
+    results = run_probe(cfg, resume=resume)
     click.echo(format_table(results["rows"]))
     for note in results["notes"]:
         click.echo(f"  - {note}")
@@ -172,12 +173,13 @@ def compare(teacher, student, data, split, out_dir, device, batch_size, workers,
     """
     from pathlib import Path
 
-    from crossmodal.tasks.probe import run_compare
+    from crossmodal.tasks.probe import compare_outputs, refuse_overwrite, run_compare
 
     configure_logging()
     out_dir = out_dir or str(Path("runs") / "compare" / (Path(student).parent.name or Path(student).stem))
+    refuse_overwrite(compare_outputs(out_dir), force)
     result = run_compare(teacher, student, data, out_dir, split=split, device=device, batch_size=batch_size,
-                         workers=workers, force=force)
+                         workers=workers)
     click.echo(f"mean |corr_teacher - corr_student| {result['mean_abs_correlation_difference']:.4f}  "
                f"CKA(embedding) {result['cka_embedding']:.4f}  CKA(logits) {result['cka_logits']:.4f}  "
                f"({result['samples']} samples of {split!r})")

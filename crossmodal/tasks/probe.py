@@ -458,12 +458,18 @@ def refuse_overwrite(paths, force: bool) -> None:
                               f"--name / --out-dir to write elsewhere")
 
 
-def run_probe(cfg: ProbeConfig, resume: bool = False, force: bool = False) -> dict:
-    """Run cfg.method; return {"rows": [...], "notes": [...], "run_dir", ...} (also written to results.json).
+def probe_outputs(cfg: ProbeConfig) -> list[Path]:
+    """The files a probe run replaces: its results.json, and report.md when cfg.report is set."""
+    return [run_dir_for(cfg) / "results.json"] + ([Path(cfg.report) / "report.md"] if cfg.report else [])
 
-    An earlier probe's results.json (or report.md) is replaced only with `force`."""
-    refuse_overwrite([run_dir_for(cfg) / "results.json"] + ([Path(cfg.report) / "report.md"] if cfg.report else []),
-                     force)
+
+def compare_outputs(out_dir: str | Path) -> list[Path]:
+    """The files `run_compare` writes into out_dir."""
+    return [Path(out_dir) / name for name in ("compare.json", "report.md", "correlation_difference.png")]
+
+
+def run_probe(cfg: ProbeConfig, resume: bool = False) -> dict:
+    """Run cfg.method; return {"rows": [...], "notes": [...], "run_dir", ...} (also written to results.json)."""
     if cfg.method == "finetune":
         return run_finetune(cfg, resume=resume)
     if resume:
@@ -475,13 +481,8 @@ def run_probe(cfg: ProbeConfig, resume: bool = False, force: bool = False) -> di
 
 
 def run_compare(teacher: str | Path, student: str | Path, data: str | Path, out_dir: str | Path,
-                split: str = "test", device: str = "auto", batch_size: int = 256, workers: int = 0,
-                force: bool = False) -> dict:
-    """Logit-correlation difference (CRD Fig. 2) and linear CKA of two checkpoints on one split; writes out_dir.
-
-    An earlier comparison in out_dir is replaced only with `force`."""
-    refuse_overwrite([Path(out_dir) / name for name in ("compare.json", "report.md", "correlation_difference.png")],
-                     force)
+                split: str = "test", device: str = "auto", batch_size: int = 256, workers: int = 0) -> dict:
+    """Logit-correlation difference (CRD Fig. 2) and linear CKA of two checkpoints on one split; writes out_dir."""
     if batch_size < 1 or workers < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
     torch_device = resolve_device(device)
