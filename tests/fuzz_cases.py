@@ -453,6 +453,12 @@ def _prepare_cases() -> list[Case]:
         "rows-text": (lambda w: _cifar(w, batch_obj={"data": "abc", "labels": [0]}), "data_batch_1"),
         "no-labels": (lambda w: _cifar(w, batch_obj={"data": np.zeros((1, 3072), np.uint8)}), "'labels'"),
         "truncated": (lambda w: _truncated_cifar(w), "not a CIFAR pickle"),
+        "codec-not-latin1": (lambda w: _cifar_raw(w, b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x03\x00\x00\x00"
+                                                     b"hex\x86R."), "refused"),
+        "global-builtins-eval": (lambda w: _cifar_raw(w, b"\x80\x02cbuiltins\neval\nX\x04\x00\x00\x001+1\x85R."),
+                                 "builtins.eval"),
+        "global-numpy-other": (lambda w: _cifar_raw(w, b"\x80\x02cnumpy\nload\nX\x01\x00\x00\x00x\x85R."),
+                               "numpy.load"),
         "no-folder": (lambda w: w.case_dir, "no cifar-10-batches-py"),
     }
     cases += [Case(f"prepare-cifar10-{name}", lambda w, f=f: ["prepare", "cifar10", str(f(w)), "--out", out(w)],
@@ -490,6 +496,13 @@ def _folder(w: World, extra_split=False, extra_class=False) -> Path:
     if extra_class:
         (root / "test" / "cow").mkdir()
         (root / "test" / "cow" / "0.png").write_bytes(_png())
+    return root
+
+
+def _cifar_raw(w: World, data: bytes) -> Path:
+    """A CIFAR folder whose data_batch_1 holds the raw pickle bytes `data`."""
+    root = _cifar(w)
+    (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(data)
     return root
 
 
