@@ -95,6 +95,16 @@ def test_valid_file_summary_lists_splits_shapes_and_attributes(tmp_path):
     assert summary["provenance"]["reader"] == "tests/conftest.py"
 
 
+def test_json_attributes_stored_as_bytes_are_decoded(tmp_path):
+    """Writers that store attributes as fixed-length byte strings (h5py returns bytes) are read the same."""
+    path = make_prepared(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["class_names"] = np.bytes_(json.dumps(["a", "b", "c", "d"]))
+    f, summary = open_prepared(path)
+    f.close()
+    assert summary["class_names"] == ["a", "b", "c", "d"]
+
+
 def test_missing_file_and_non_hdf5_file_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         open_prepared(tmp_path / "absent.h5")
