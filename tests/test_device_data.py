@@ -59,6 +59,21 @@ def test_device_batches_are_the_loader_samples_bit_for_bit(tmp_path, augment):
                 assert torch.equal(sample[key], batch[key][b]), (key, i, epoch)
 
 
+def test_labeled_only_rows_are_served_from_the_device_like_the_loader(tmp_path):
+    """Positions index the labelled rows only (CRD's memory rows): the device copy keeps that mapping."""
+    path = make_prepared(tmp_path, splits={"train": 30, "test": 4}, modalities=("rgb",), unlabeled=7)
+    dataset = PreparedDataset(path, "train", ["rgb"], augment=PairedAugment(crop=16, padding=2, hflip=True),
+                              labeled_only=True, seed=3)
+    split = DeviceSplit(dataset, CPU)
+    assert len(split) == len(dataset) == 23
+    index = torch.arange(23)
+    batch = split.batch(index, split.epoch_geometry(1))
+    dataset.set_epoch(1)
+    for i in index.tolist():
+        sample = dataset[i]
+        assert all(torch.equal(sample[k], batch[k][i]) for k in sample)
+
+
 def _chi_square(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
     """Two-sample chi-square statistic of two histograms over the same cells."""
     total = counts_a + counts_b

@@ -70,6 +70,14 @@ def test_inputs_are_counted_and_a_job_over_64_mib_is_refused(tmp_path, monkeypat
     sparse(queue.teacher_file("t1_resnet32x4_teacher_s0", state), 14 * MiB)  # rounded to float16
     assert queue.plan(job, tree_bytes=2 * MiB, state=state, shared=shared)["problems"] == []
     assert queue.working_tree_bytes() < 32 * MiB  # the repository leaves room for the data and a teacher
+    # A partial run's state comes back only when the next slot can carry it beside its other inputs.
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    sparse(run_dir / "last.pt", 20 * MiB)
+    assert queue._return_state(run_dir, out, room=19 * MiB).startswith("kept on the device only: 20 MiB")
+    assert list(out.iterdir()) == []
+    assert queue._return_state(run_dir, out, room=21 * MiB) == "last.pt.part00, last.pt.part01"
+    assert sorted(p.stat().st_size for p in out.iterdir()) == [5 * MiB, 15 * MiB]
 
 
 def _teach_config(tmp_path: Path, data: Path) -> Path:

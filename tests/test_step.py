@@ -177,3 +177,21 @@ def test_a_captured_crd_kd_step_gives_the_eager_student_and_memories(tmp_path, m
     assert any(k.endswith("memory_teacher.rows") for k in crd) and any(k.endswith("log_z") for k in crd)
     for key in crd:
         assert torch.equal(states["eager"]["task"][key], states["captured"]["task"][key]), key
+
+
+def test_a_captured_run_resumed_after_a_crash_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """The resumed process warms up eagerly and captures again; its steps are the uninterrupted run's."""
+    from test_engine import FailAtEpoch
+
+    data = make_prepared(tmp_path)
+    _captured_on_cpu(monkeypatch, ReplayGraph)
+    straight = _run(tmp_path, "straight", data)
+    cfg = make_cfg(data, tmp_path / "crashed", arch="test_tinynet_bn", epochs=3, milestones=[2], warmup_epochs=1,
+                   grad_clip=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(cfg, train_wrapper=lambda d: FailAtEpoch(d, 2)).fit()
+    torch.manual_seed(7)
+    make_trainer(cfg, resume=True).fit()
+    resumed = load_checkpoint(tmp_path / "crashed" / "run" / "last.pt")
+    assert max_weight_diff(straight["model"], resumed["model"]) == 0.0
+    assert straight["optimizer"]["state"][0]["momentum_buffer"].equal(resumed["optimizer"]["state"][0]["momentum_buffer"])

@@ -309,7 +309,10 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
             record["probe"] = _probe(run_dir, data, out)
     else:
         record["epochs_done"] = _rows(run_dir / "metrics.csv")
-        record["returned_state"] = _return_state(run_dir, out)
+        carried = sum(p.stat().st_size for p in carried_files(job, state).values() if p.exists())
+        resumed = sum(p.stat().st_size for p in (state / "resume" / job.name).glob("last.pt.part*"))
+        room = INPUT_LIMIT - working_tree_bytes() - (carried - resumed)  # what the next slot could carry
+        record["returned_state"] = _return_state(run_dir, out, room)
     if (run_dir / "metrics.csv").exists():
         shutil.copy(run_dir / "metrics.csv", out / f"gpu_{job.name}_metrics.csv")
     return _finish(job, out, record, started)
@@ -377,14 +380,16 @@ def _restore_resume_parts(job: Job, state: Path, run_dir: Path) -> None:
         _join(parts, run_dir / "last.pt")
 
 
-def _return_state(run_dir: Path, out: Path) -> str:
-    """Return a partial run's last.pt in parts when it leaves room for the record files; else say why not."""
+def _return_state(run_dir: Path, out: Path, room: int) -> str:
+    """Return a partial run's last.pt in parts when the next slot can carry it (`room` bytes beside its other
+    inputs) and the parts leave 3 files for the record; else it stays in the device's run folder only."""
     last = run_dir / "last.pt"
     if not last.exists():
         return "none (no epoch finished)"
     size = last.stat().st_size
-    if -(-size // PART_SIZE) > MAX_FILES - 3:
-        return f"kept on the device only ({size / MiB:.0f} MiB is more than the returned files allow)"
+    if size > room or -(-size // PART_SIZE) > MAX_FILES - 3:
+        return (f"kept on the device only: {size / MiB:.0f} MiB does not fit the {max(room, 0) / MiB:.0f} MiB "
+                "the next slot can carry (a warm machine resumes it from its run folder)")
     return ", ".join(_split(last, out, "last.pt"))
 
 
