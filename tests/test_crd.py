@@ -367,6 +367,14 @@ def test_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row():
         assert set(negatives[i].tolist()) == set(range(100)) - {row}
 
 
+def test_shared_negatives_are_uniform_over_every_row():
+    torch.manual_seed(0)
+    negatives = sample_shared_negatives(20000, 10, "cpu")
+    assert negatives.shape == (20000,) and negatives.dtype == torch.long
+    counts = torch.bincount(negatives, minlength=10)
+    assert counts.numel() == 10 and (counts - 2000).abs().max() < 6 * math.sqrt(2000)  # rows 0..9, each ~1/10
+
+
 def test_uniform_edges_map_inside_the_allowed_rows():
     labels = torch.tensor([0, 0, 1, 1, 1, 2, -1])
     classes = ClassIndex(labels, 3)
