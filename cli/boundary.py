@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -58,11 +59,11 @@ def write_crash_report(exc: BaseException) -> Path:
 def _os_error_message(e: OSError) -> str:
     """'<file>: <reason>' for an OSError that reached the boundary (full disk, permissions, ...)."""
     reason = e.strerror or str(e)
-    where = e.filename if e.filename is not None else None
+    where = e.filename
     hint = ""
-    if getattr(e, "errno", None) in (28, 122):  # ENOSPC, EDQUOT
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "; free some space and rerun (a training run continues with --resume)"
-    elif getattr(e, "errno", None) in (13, 30):  # EACCES, EROFS
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "; choose a folder you can write to"
     return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
 

@@ -108,8 +108,7 @@ def test_bad_input_fails_closed(case, world, monkeypatch, tmp_path):
 
 
 def test_the_table_is_large_and_covers_every_command():
-    commands = {c.build.__qualname__ for c in CASES}
-    assert len(CASES) >= 150 and commands
+    assert len(CASES) >= 150
     prefixes = {c.id.split("-")[0] for c in CASES}
     assert prefixes == {"prepare", "inspect", "teach", "distill", "probe", "quickstart"}
 

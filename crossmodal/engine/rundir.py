@@ -117,13 +117,13 @@ def data_identity(path: str | Path) -> str | None:
 def fingerprint(cfg, task_meta: dict | None = None) -> dict:
     """{dotted key: value} of what defines a run: config keys (but RUNTIME_KEYS), data identity, teachers' sha256."""
     flat = _flatten(config_to_dict(cfg), "", {})
-    print_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+    keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
     data_path = getattr(getattr(cfg, "data", None), "path", None)
     if data_path:
-        print_keys["data.file"] = data_identity(data_path)
+        keys["data.file"] = data_identity(data_path)
     for i, teacher in enumerate((task_meta or {}).get("teachers") or []):
-        print_keys[f"teachers.{i}.sha256"] = teacher.get("sha256")
-    return json.loads(json.dumps(print_keys, default=str))  # what the file holds, exactly
+        keys[f"teachers.{i}.sha256"] = teacher.get("sha256")
+    return json.loads(json.dumps(keys, default=str))  # what the file holds, exactly
 
 
 def check_fingerprint(run_dir: str | Path, cfg, task_meta: dict | None, resuming: bool, write: bool = True) -> list[str]:

@@ -194,6 +194,9 @@ def run_quickstart(out_dir: Union[str, Path] = "quickstart", seed: int = 0,
     budget = resolve_budget(budget)
     if threads < 1:
         raise ConfigError(f"--threads {threads}: give at least 1")
+    from crossmodal.engine import resolve_device
+
+    resolve_device(device)  # a bad --device fails before anything is written
     out_dir = Path(out_dir)
     _claim_out_dir(out_dir, {"seed": seed, "budget": dataclasses.asdict(budget)}, force)
     data_path, runs = out_dir / "data" / "samples.h5", out_dir / "runs"
