@@ -87,3 +87,13 @@ def test_linear_cka_equals_the_gram_matrix_formula(noise):
     assert 0.05 < expected < 0.95  # far from the fixed points 0 and 1, so a power of CKA would differ
     assert linear_cka(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(expected, abs=1e-10)
     assert linear_cka(torch.from_numpy(x).float(), torch.from_numpy(y).float()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_linear_cka_flattens_maps_refuses_unpaired_rows_and_is_zero_for_constant_features():
+    rng = np.random.default_rng(5)
+    maps, other = rng.normal(size=(30, 2, 3)), rng.normal(size=(30, 4))
+    expected = gram_cka(maps.reshape(30, 6), other)
+    assert linear_cka(torch.from_numpy(maps), torch.from_numpy(other)) == pytest.approx(expected, abs=1e-10)
+    with pytest.raises(ValueError, match="same samples: 30 vs 29 rows"):
+        linear_cka(torch.from_numpy(maps), torch.from_numpy(other[:29]))
+    assert linear_cka(torch.ones(30, 3), torch.from_numpy(other)) == 0.0  # centred to zero: no similarity
