@@ -60,7 +60,8 @@ def run_options(fn):
                      help="Override any config key, e.g. --set optim.lr=0.1 --set data.augment.hflip=false "
                           "(VALUE is parsed as YAML). Repeatable."),
         click.option("--resume", is_flag=True,
-                     help="Continue the run from <out_dir>/<name>/last.pt (same weights as an uninterrupted run)."),
+                     help="Continue the run from <out_dir>/<name>/last.pt (same weights as an uninterrupted run). "
+                          "Refused when the config, data file or teachers changed; only --epochs may grow."),
         *key_flag_options({
             "name": "Run name (key: name); the run writes to <out_dir>/<name>/. Default: the config file's name.",
             "out_dir": "Folder holding the run folders (key: out_dir). Default: runs.",

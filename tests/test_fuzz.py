@@ -463,3 +463,27 @@ def test_probe_results_are_replaced_only_with_force(tmp_path, world):
     assert_one_error_line(again.output, "--force")
     assert CliRunner().invoke(app, args + ["--seed", "1", "--force"]).exit_code == 0
     assert results.read_bytes() != first
+
+
+def test_python_dash_m_cli_runs_inside_the_boundary(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cli", "teach", str(tmp_path / "missing.yaml")], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == 2
+    assert_one_error_line(proc.stderr, "missing.yaml: no such config file")
+    assert proc.stdout == ""
+
+
+def test_an_unwritable_output_folder_is_one_error_line(tmp_path, monkeypatch):
+    import data_prep.writer as writer
+
+    def refuse(self, path):  # what opening a file in a read-only folder raises (root would not see it)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(writer.DropWritesAfterFailure, "__init__", refuse)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(app, ["prepare", "imagefolder", str(make_image_folder(tmp_path / "images")),
+                                      "--out", str(out / "x.h5")])
+    assert result.exit_code == 2
+    assert_one_error_line(result.output, "writing failed (Permission denied)")
+    assert list(out.iterdir()) == []
