@@ -15,6 +15,12 @@ dataset's (seed, epoch, index) randomness) depend on nothing else, the DataLoade
 generator, and last.pt holds the torch RNG states, so a run resumed from last.pt ends with the
 weights of an uninterrupted run (bitwise on CPU). The optimiser steps the lr schedule once per
 iteration (crossmodal.engine.optim).
+
+Fast path (GPU): with `data.device_resident` the splits live on the device and the batches are made
+there (crossmodal.data.device_data: the loader's samples, bit for bit); with `engine.cuda_graph` the
+step is replayed as one captured CUDA graph (crossmodal.engine.step). Both are `auto`: on where they
+apply, off on the CPU. The step's losses and hits are summed on the device and read every
+`engine.log_every` steps and once at the epoch's end.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ from crossmodal.engine.task import Task
 from crossmodal.errors import ConfigError, CrossmodalError
 
 log = get_logger()
+EVAL_BATCH_CUDA = 1024  # test batch of the device-resident path on CUDA
 
 
 class TrainingDiverged(CrossmodalError):
@@ -184,8 +191,11 @@ class Trainer:
             self.train_split = DeviceSplit(self.train_dataset, self.device, channels_last)
             self.train_loader = None
             shard = ShardSampler(len(self.test_dataset), dist.rank, dist.world_size) if self.test_dataset else None
+            # On a GPU the test pass takes batches of EVAL_BATCH_CUDA (eval mode: no batch statistics), so
+            # it costs a few launches per epoch rather than one per training-sized batch.
+            eval_batch = max(local_batch, EVAL_BATCH_CUDA) if self.device.type == "cuda" else local_batch
             self.test_loader = None if shard is None else DeviceEvalLoader(
-                DeviceSplit(self.test_dataset, self.device, channels_last), local_batch, shard.start, shard.stop)
+                DeviceSplit(self.test_dataset, self.device, channels_last), eval_batch, shard.start, shard.stop)
             return
         # Own generator: the loader must not consume the global RNG that the checkpoint restores.
         self.train_loader = DataLoader(_EpochTagged(self.train_dataset), batch_size=local_batch,
