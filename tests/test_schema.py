@@ -11,6 +11,7 @@ from conftest import make_prepared
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import SCHEMA_VERSION, open_prepared
 from crossmodal.errors import DataError
+from crossmodal.modalities import MODALITIES
 
 
 def set_attr(key, value):
@@ -51,6 +52,7 @@ BROKEN = {
                        f"schema_version {SCHEMA_VERSION + 1}, this crossmodal reads {SCHEMA_VERSION}"),
     "invalid JSON": (set_attr("class_names", "[class0, "), "attribute 'class_names' is not valid JSON"),
     "invalid JSON provenance": (set_attr("provenance", "{"), "attribute 'provenance' is not valid JSON"),
+    "invalid JSON stats": (set_attr("stats", "{'rgb': 1}"), "attribute 'stats' is not valid JSON"),
     "class names not a list": (set_attr("class_names", json.dumps({"a": "b"})),
                                "attribute 'class_names' must be a JSON list of strings"),
     "class names not strings": (set_attr("class_names", json.dumps(["a", 2, "c", "d"])),
@@ -62,12 +64,14 @@ BROKEN = {
                        "train/label: label -2 is outside -1..3"),
     "label not integer": (replace_dataset("label", np.zeros(40, np.float32)),
                           "train/label: must be a 1-D integer dataset"),
+    "label not 1-D": (replace_dataset("label", np.zeros((40, 1), np.int64)),
+                      "train/label: must be a 1-D integer dataset"),
     "not a group": (lambda f: f.create_dataset("extra", data=np.zeros(3)), "top-level 'extra' is not a split group"),
     "no label": (lambda f: f["test"].__delitem__("label"), "split 'test' has no 'label' dataset"),
     "extra rows": (lambda f: f["train"].create_dataset("segmentation", data=np.zeros((39, 16, 16), np.int16)),
                    "train/segmentation has 39 rows, label has 40"),
     "unknown modality": (lambda f: f["train"].create_dataset("thermal", data=np.zeros((40, 1, 16, 16), np.uint8)),
-                         "train/thermal is not a known modality"),
+                         f"train/thermal is not a known modality ({', '.join(MODALITIES)})"),
     "shape ndim": (replace_dataset("L", np.zeros((40, 16, 16), np.float16)),
                    "train/L has shape (40, 16, 16), expected (N, 1, H, W)"),
     "shape channels": (replace_dataset("rgb", np.zeros((40, 1, 16, 16), np.uint8)),
