@@ -192,6 +192,9 @@ def capture_matches_eager(args, data: Path, out: Path, teacher: str) -> str:
     """Max |weight difference| after 2 x 20 steps of CRD+KD (fp32): captured step vs the same run eager."""
     from crossmodal.engine import load_checkpoint
 
+    if args.device != "cuda":
+        return "not checkable on CPU (no capture there)"
+
     weights = {}
     for name, graph in (("eager_check", False), ("captured_check", "auto")):
         cfg_args = argparse.Namespace(**vars(args))
