@@ -2,8 +2,8 @@
 
 Every output is first written as `.<name>.<host>-<pid>.<random>.tmp` in the output's folder and
 renamed over `<name>` when complete. A process killed with SIGKILL (or by the machine going
-down) cannot remove its temporary file; the next write of the same output removes the ones
-whose process, on this host, no longer exists.
+down) cannot remove its temporary file; the next write of the same output (and the next run
+into the same run folder) removes the ones whose process, on this host, no longer exists.
 """
 from __future__ import annotations
 
@@ -48,10 +48,19 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Delete temporary files of `path` left by dead processes of this host; return what was removed."""
     path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}-(\d+)\.[A-Za-z0-9_]+\.tmp$")
+    return _remove_stale(path.parent, re.escape(path.name))
+
+
+def remove_stale_temporaries_in(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of every output in `folder` left by dead processes of this host."""
+    return _remove_stale(Path(folder), r".+")
+
+
+def _remove_stale(folder: Path, name_pattern: str) -> list[Path]:
+    pattern = re.compile(rf"^\.{name_pattern}\.{re.escape(_host())}-(\d+)\.[A-Za-z0-9_]+\.tmp$")
     removed = []
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:

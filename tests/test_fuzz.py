@@ -7,6 +7,7 @@ only signal and disk-limit cases run a subprocess.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
@@ -84,6 +85,25 @@ def assert_one_error_line(output: str, message: str = "") -> str:
     return errors[0]
 
 
+class Hung(BaseException):
+    """A command ran past its time (a BaseException: the error boundary must not turn it into an error line)."""
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 60):
+    """Fail the test instead of hanging when the body runs longer than `seconds` (an infinite loop, a FIFO read)."""
+    def alarm(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_closed(case, world, monkeypatch, tmp_path):
     world.case_dir = world.root / "cases" / case.id
@@ -93,7 +113,8 @@ def test_bad_input_fails_closed(case, world, monkeypatch, tmp_path):
     monkeypatch.chdir(world.case_dir)  # defaults relative to the working folder land where the snapshot sees them
     argv = case.build(world)
     before = snapshot(world.root)
-    result = CliRunner().invoke(app, argv)
+    with no_hang():
+        result = CliRunner().invoke(app, argv)
     after = snapshot(world.root)
     assert result.exit_code == case.exit_code, f"{argv}\n{result.output}"
     assert_one_error_line(result.output, case.message)
@@ -239,7 +260,8 @@ def test_a_fifo_named_like_an_image_is_not_read(tmp_path):
     images = make_image_folder(tmp_path / "images")
     os.mkfifo(images / "train" / "cat" / "pipe.jpg")
     out = tmp_path / "x.h5"
-    result = CliRunner().invoke(app, ["prepare", "imagefolder", str(images), "--out", str(out)])
+    with no_hang():
+        result = CliRunner().invoke(app, ["prepare", "imagefolder", str(images), "--out", str(out)])
     assert result.exit_code == 0, result.output
     from crossmodal.data.schema import open_prepared
 
@@ -330,20 +352,33 @@ def test_two_concurrent_teach_processes_never_share_a_folder(tmp_path, world):
     assert_one_error_line(stderr, "terminated")
 
 
+SLOW_EPOCHS = """
+import sys, time
+from crossmodal.engine.trainer import Trainer
+end_epoch = Trainer._end_epoch
+def slow_end_epoch(self, *args, **kwargs):  # after each checkpoint, time for the test to kill the run
+    end_epoch(self, *args, **kwargs)
+    time.sleep(30)
+Trainer._end_epoch = slow_end_epoch
+from cli.main import app
+sys.argv = ["crossmodal", *sys.argv[1:]]
+app()
+"""
+
+
 def _kill_after_first_checkpoint(config: Path, tmp_path: Path) -> None:
-    code = "import sys\nfrom cli.main import app\nsys.argv = ['crossmodal', *sys.argv[1:]]\napp()\n"
-    proc = _python(code, "teach", str(config), "--set", "engine.max_steps_per_epoch=1")
+    proc = _python(SLOW_EPOCHS, "teach", str(config), "--set", "engine.max_steps_per_epoch=1")
     _wait_for(lambda: (tmp_path / "runs" / "t" / "last.pt").exists(), timeout=60)
     proc.kill()
     proc.communicate(timeout=30)
 
 
 def _killed_run(folder: Path, world: World) -> Path:
-    """A teach run of 500 one-step epochs on a copy of the data (folder/data.h5), SIGKILLed after its first checkpoint."""
+    """A teach run of 4 one-step epochs on a copy of the data (folder/data.h5), SIGKILLed after its first checkpoint."""
     import shutil
 
     data = Path(shutil.copy(world.data, folder / "data.h5"))
-    config = _teach_yaml(folder, world, data=data, epochs=500)
+    config = _teach_yaml(folder, world, data=data, epochs=4)
     _kill_after_first_checkpoint(config, folder)
     return config
 
@@ -362,13 +397,13 @@ def killed_run(tmp_path, killed_template, world) -> Path:
     import shutil
 
     shutil.copytree(killed_template / "runs", tmp_path / "runs")
-    return _teach_yaml(tmp_path, world, data=killed_template / "data.h5", epochs=500)
+    return _teach_yaml(tmp_path, world, data=killed_template / "data.h5", epochs=4)
 
 
 @pytest.mark.parametrize("change, key", [
     (["--lr", "0.1"], "optim.lr"), (["--seed", "3"], "seed"), (["--batch-size", "4"], "optim.batch_size"),
     (["--set", "model.arch=resnet14"], "model.arch"), (["--set", "data.augment.hflip=true"], "data.augment.hflip"),
-    (["--set", "engine.max_steps_per_epoch=2"], "engine.max_steps_per_epoch"), (["--epochs", "100"], "below"),
+    (["--set", "engine.max_steps_per_epoch=2"], "engine.max_steps_per_epoch"), (["--epochs", "2"], "below"),
 ])
 def test_resume_refuses_a_changed_run(killed_run, tmp_path, change, key):
     run = tmp_path / "runs" / "t"
@@ -380,6 +415,17 @@ def test_resume_refuses_a_changed_run(killed_run, tmp_path, change, key):
     after = snapshot(run)
     assert after.pop(".lock") != before.pop(".lock")  # only the lock changed: it names its last holder
     assert after == before
+
+
+def test_a_killed_run_resumes_to_its_end(killed_run, tmp_path):
+    """After SIGKILL (a stale temporary may be left), --resume finishes epochs 2-4; bit-exactness: test_teach."""
+    result = CliRunner().invoke(app, ["teach", str(killed_run), "--resume", "--set", "engine.max_steps_per_epoch=1"])
+    assert result.exit_code == 0, result.output
+    from crossmodal.engine.logging import read_metrics
+
+    run = tmp_path / "runs" / "t"
+    assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2, 3, 4]
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_resume_refuses_data_changed_in_place(tmp_path, world):

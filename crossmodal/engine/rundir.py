@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from crossmodal.config import atomic_write_text, config_to_dict
 from crossmodal.errors import ConfigError
+from crossmodal.tempfiles import remove_stale_temporaries_in
 
 LOCK_FILE = ".lock"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -69,6 +70,7 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
+        remove_stale_temporaries_in(self.run_dir)  # checkpoints half-written by a killed run
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
