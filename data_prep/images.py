@@ -91,6 +91,16 @@ def _list_directory(root: Path) -> FileTree:
     return FileTree(files, dirs, read_regular_file, lambda rel: str(root / rel))
 
 
+def read_text(path: Path) -> str:
+    """A small text file of the source (split list, class names) as UTF-8; DataError naming it otherwise."""
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def read_regular_file(path: str) -> bytes | np.ndarray:
     """The bytes of a regular file, or b"" (an unreadable image) for anything else or an I/O error.
 
@@ -254,6 +264,8 @@ def open_file_tree(src: Path) -> FileTree:
         return _list_directory(src)
     if not src.exists():
         raise DataError(f"{src}: no such file or directory")
+    if not src.is_file():  # a FIFO or device would block or never end
+        raise DataError(f"{src}: not a folder or a regular file; expected a folder or a .tar/.tar.gz/.zip archive")
     with open(src, "rb") as f:
         head = f.read(512)
     if not head:
@@ -544,7 +556,7 @@ def read_stl10(root: str | Path, download: bool = False) -> Source:
             raise DataError(f"{folder / needed}: missing; expected torchvision's stl10_binary layout "
                             f"(pass --download to fetch it)")
     names_file = folder / "class_names.txt"
-    class_names = names_file.read_text().split() if names_file.is_file() else list(STL10_CLASSES)
+    class_names = read_text(names_file).split() if names_file.is_file() else list(STL10_CLASSES)
     splits = [_stl10_split(folder, "train", True), _stl10_split(folder, "test", True)]
     if (folder / "unlabeled_X.bin").is_file():
         splits.append(_stl10_split(folder, "unlabeled", False))

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from crossmodal.errors import DataError
+from data_prep.images import read_text
 from data_prep.source import Source, SplitSource
 
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -105,7 +106,7 @@ def _find_classes_file(root: Path, label_folder: Path | None) -> Path | None:
 def read_class_names(path: Path) -> list[str]:
     """Segmentation class names indexed by pixel value, from '<value> <name>' lines (values 0, 1, ... or 1, 2, ...)."""
     names: list[str] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -126,7 +127,7 @@ def read_split_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
     assignment: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

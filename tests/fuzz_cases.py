@@ -664,6 +664,45 @@ def _foreign(w: World) -> Path:
     return folder
 
 
+# ----------------------------------------------------------------------------- FIFOs where a file is expected
+
+def _fifo(w: World, name: str) -> Path:
+    """A named pipe: reading it blocks until a writer comes, so a reader that opens it hangs."""
+    path = w.case_dir / name
+    os.mkfifo(path)
+    return path
+
+
+def _fifo_cases() -> list[Case]:
+    def with_data(cfg, path):
+        return _set_dotted(cfg, "data.path", str(path))
+
+    return [
+        Case("teach-fifo-config", lambda w: ["teach", str(_fifo(w, "c.yaml"))], message="c.yaml"),
+        Case("teach-fifo-data", lambda w: ["teach", str(w.write_yaml("c.yaml", with_data(_teach(w), _fifo(w, "d.h5"))))],
+             message="not a regular file"),
+        Case("distill-fifo-teacher", _distill_with_teacher(lambda w: _fifo(w, "t.pt")), message="t.pt"),
+        Case("inspect-fifo", lambda w: ["inspect", str(_fifo(w, "x.h5"))], message="not a regular file"),
+        Case("prepare-fifo-archive", lambda w: ["prepare", "imagefolder", str(_fifo(w, "d.tar")), "--out",
+                                                str(w.case_dir / "o.h5")], message="not a folder or a regular file"),
+        Case("prepare-fifo-cifar-batch", lambda w: ["prepare", "cifar10", str(_cifar_fifo(w)), "--out",
+                                                    str(w.case_dir / "o.h5")], message="data_batch_1"),
+        Case("prepare-fifo-nyu", lambda w: ["prepare", "nyu", str(_fifo(w, "n.mat")), "--out", str(w.case_dir / "o.h5")],
+             message="n.mat"),
+        Case("probe-fifo-checkpoint", lambda w: ["probe", "linear", "--checkpoint", str(_fifo(w, "c.pt")), "--data",
+                                                 str(w.data), "--out-dir", w.out()], message="c.pt"),
+        Case("probe-fifo-config", lambda w: ["probe", "linear", str(_fifo(w, "p.yaml"))], message="p.yaml"),
+    ]
+
+
+def _cifar_fifo(w: World) -> Path:
+    root = _cifar(w)
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    batch.unlink()
+    os.mkfifo(batch)
+    return root
+
+
 # ----------------------------------------------------------------------------- the table
 
 def all_cases() -> list[Case]:
@@ -671,7 +710,8 @@ def all_cases() -> list[Case]:
     cases = (_value_cases("teach", _teach, {**BAD_RUN_VALUES, **BAD_TEACH_ONLY})
              + _value_cases("distill", _distill, {**BAD_RUN_VALUES, **BAD_DISTILL_ONLY})
              + _config_file_cases("teach", _teach) + _config_file_cases("distill", _distill)
-             + _distill_cases() + _prepare_cases() + _inspect_cases() + _probe_cases() + _quickstart_cases())
+             + _distill_cases() + _prepare_cases() + _inspect_cases() + _probe_cases() + _quickstart_cases()
+             + _fifo_cases())
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "duplicate fuzz case ids"
     return cases

@@ -121,6 +121,8 @@ def open_prepared(path: str | Path) -> tuple[h5py.File, dict]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; expected a prepared .h5 file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
