@@ -95,6 +95,11 @@ class Distiller(nn.Module):
     def init_loss(self, s_out: dict, t_out, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def reference_init_lr(self, student_arch: str, lr: float) -> float:
+        """The init stage's learning rate when the config gives no `init_lr`: the main run's `lr` (RepDistiller's
+        rule for AB and FSP; FT overrides it)."""
+        return lr
+
 
 DISTILLERS: dict[str, type[Distiller]] = {}
 

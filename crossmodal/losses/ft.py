@@ -62,6 +62,12 @@ class FactorTransfer(Distiller):
     default_weight = 200.0
     init_epochs = 30
     init_trains_student = False  # the init stage trains the paraphraser only
+    # RepDistiller trains the paraphraser at lr 0.01 for its CIFAR resnet and WRN students (else at the run's lr).
+    REFERENCE_INIT_LR, REFERENCE_INIT_LR_ARCHS = 0.01, ("resnet", "wrn_")
+
+    def reference_init_lr(self, student_arch: str, lr: float) -> float:
+        """0.01 for the CIFAR resnet*/wrn_* students (RepDistiller's paraphraser lr for them), else `lr`."""
+        return self.REFERENCE_INIT_LR if student_arch.startswith(self.REFERENCE_INIT_LR_ARCHS) else lr
 
     def __init__(self, spec: DistillSpec, rate: float = 0.5, init_epochs: int = 30, factor_form: str = "attention"):
         super().__init__(spec)

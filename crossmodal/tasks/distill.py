@@ -55,7 +55,7 @@ class DistillConfig(RunConfig):
     # loss name -> weight (null = the method's reference default weight)
     losses: dict[str, Optional[float]] = field(default_factory=lambda: {"ce": 1.0, "kd": 1.0, "crd": 0.8})
     loss_params: dict[str, dict] = field(default_factory=dict)  # loss name -> its keyword parameters
-    init_lr: Optional[float] = None  # lr of the init stage (AB/FT/FSP); default optim.lr
+    init_lr: Optional[float] = None  # lr of the init stage (AB/FT/FSP); default: the reference's (FT: 0.01 for resnet/wrn students), else optim.lr
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"losses": at_least(0), "init_lr": above(0)}
 
@@ -151,8 +151,10 @@ class InitStageTask(Task):
         self.ddp_find_unused_parameters = True
 
     def frozen_modules(self) -> list[nn.Module]:
-        # A student the stage does not train stays in eval mode: its BatchNorm statistics must not drift.
-        return self._parent[0].frozen_modules() + ([] if self.trains_student else [self.model])
+        # The student stays in eval mode, as in RepDistiller's init stage: its BatchNorm layers normalise with
+        # their running statistics and do not update them, even when the stage trains the student's weights
+        # (AB, FSP); the connectors or paraphraser train in train mode.
+        return self._parent[0].frozen_modules() + [self.model]
 
     def forward(self, batch: dict):
         s_out = self.model(batch[self.meta.modality])
@@ -295,7 +297,8 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
     init_cfg = dataclasses.replace(
         cfg, name=f"{cfg.name}/init",
         optim=dataclasses.replace(cfg.optim, epochs=epochs, schedule="constant", warmup_epochs=0.0,
-                                  lr=cfg.init_lr if cfg.init_lr is not None else cfg.optim.lr))
+                                  lr=cfg.init_lr if cfg.init_lr is not None else min(
+                                      ml[0].reference_init_lr(cfg.student.arch, cfg.optim.lr) for ml in stage.values())))
     log.info(f"{cfg.name}: init stage of {', '.join(stage)} for {epochs} epochs")
     init_dir = run_dir_for(init_cfg)
     done = (init_dir / "summary.json").exists()
