@@ -228,6 +228,11 @@ class Bench:
                 continue
             if self._record_is_stale(step):
                 _clear(step.done.parent)
+            elif step.resume_from is not None and not self.quick:
+                from benchmarks import partial  # an unfinished run saved by an earlier session continues
+
+                if partial.restore(step.resume_from.parent):
+                    print(f"  restored {_shown(step.resume_from.parent)} from {_shown(partial.PARTIAL)}", flush=True)
             todo.append(step)
         missing = [p for step in todo for p in step.needs if not p.exists()]
         producers = [self._producers[d] for d in dict.fromkeys(d for p in missing for d in self._producers

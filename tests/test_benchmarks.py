@@ -274,3 +274,28 @@ def test_gpu_check_script_passes_on_a_cpu(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert failed == 0, report
     assert "| DDP with one process (torchrun) | PASS |" in report
+
+
+def test_an_unfinished_run_saved_in_the_repository_continues_in_a_fresh_checkout(tmp_path, monkeypatch):
+    from benchmarks import partial
+
+    runs, saved = tmp_path / "runs", tmp_path / "partial"
+    run = runs / "teachers" / "t"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"weights")
+    (run / "metrics.csv").write_text("epoch,top1\n1,10\n2,20\n")
+    (run / "events.out").write_text("not needed")
+    (runs / "done").mkdir()
+    (runs / "done" / "last.pt").write_bytes(b"w")
+    (runs / "done" / "summary.json").write_text("{}")
+    assert partial.save(runs, saved) == ["saved teachers/t: 2 epochs done, 0.0 MB"]
+    assert sorted(p.name for p in (saved / "teachers" / "t").iterdir()) == ["last.pt", "metrics.csv"]
+    import shutil
+
+    shutil.rmtree(runs)  # the next session's checkout has no runs/
+    assert partial.restore(runs / "teachers" / "t", runs, saved)
+    assert (runs / "teachers" / "t" / "last.pt").read_bytes() == b"weights"
+    assert not partial.restore(runs / "teachers" / "t", runs, saved)  # never over an existing checkpoint
+    (runs / "teachers" / "t" / "summary.json").write_text("{}")  # it finished: the saved copy goes
+    assert partial.save(runs, saved) == ["removed teachers/t: finished"]
+    assert not (saved / "teachers" / "t").exists()
