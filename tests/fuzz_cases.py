@@ -420,10 +420,23 @@ def _prepare_cases() -> list[Case]:
         "zip-all-encrypted": (lambda w: _zip_with(w, flag_bits=1), "could be read"),
         "zip-unknown-method": (lambda w: _zip_with(w, compress_type=99), "could be read"),
         "split-without-images": (lambda w: _folder(w, extra_split=True), "split folder has no images"),
+        "all-images-corrupt": (lambda w: _folder(w, corrupt="all"), "could be read"),
+        "mixed-sizes": (lambda w: _folder(w, odd_size=True), "--size"),
+        "truncated-tar": (lambda w: w.write("d.tar", _tar_bytes(w)[:1536]), "truncated"),
         "class-not-in-train": (lambda w: _folder(w, extra_class=True), "class folder not in train"),
     }
     cases = [Case(f"prepare-imagefolder-{name}", lambda w, f=f: ["prepare", "imagefolder", str(f(w)), "--out", out(w)],
                   message=msg) for name, (f, msg) in src.items()]
+    cases.append(Case("prepare-imagefolder-strict-corrupt-image", lambda w: [
+        "prepare", "imagefolder", str(_folder(w, corrupt="one")), "--out", out(w), "--strict"], message="1.png"))
+    cases += [Case(f"prepare-rgbd-{name}", lambda w, kw=kw: ["prepare", "rgbd", str(_rgbd(w, **kw)), "--out", out(w)],
+                   message=msg) for name, (kw, msg) in {
+        "no-depth": ({"depth": False}, "depth"),
+        "frames-differ": ({"extra_rgb": True}, "0002"),
+        "depth-size-differs": ({"depth_side": 12}, "0001"),
+        "split-file-latin1": ({"split_text": b"0001 tr\xe9in\n"}, "not UTF-8"),
+        "split-file-bad-line": ({"split_text": b"0001\n"}, "expected '<frame> <split>'"),
+    }.items()]
     options = {
         "size-zero": (["--size", "0"], "--size"),
         "workers-zero": (["--workers", "0"], "--workers"),
@@ -485,12 +498,16 @@ def _prepare_cases() -> list[Case]:
     return cases
 
 
-def _folder(w: World, extra_split=False, extra_class=False) -> Path:
+def _folder(w: World, extra_split=False, extra_class=False, corrupt: str = "", odd_size=False) -> Path:
     root = w.case_dir / "f"
     for split in ("train", "test"):
         for cls in ("cat", "dog"):
             (root / split / cls).mkdir(parents=True)
-            (root / split / cls / "0.png").write_bytes(_png())
+            (root / split / cls / "0.png").write_bytes(b"not a png" if corrupt == "all" else _png())
+            if corrupt == "one" and split == "train" and cls == "cat":
+                (root / split / cls / "1.png").write_bytes(b"not a png")
+    if odd_size:
+        (root / "train" / "dog" / "1.png").write_bytes(_png(side=12))
     if extra_split:
         (root / "val" / "cat").mkdir(parents=True)
     if extra_class:
@@ -503,6 +520,30 @@ def _cifar_raw(w: World, data: bytes) -> Path:
     """A CIFAR folder whose data_batch_1 holds the raw pickle bytes `data`."""
     root = _cifar(w)
     (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(data)
+    return root
+
+
+def _tar_bytes(w: World) -> bytes:
+    """A valid tar of a small image folder, as bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(_folder(w), arcname="d")
+    return buffer.getvalue()
+
+
+def _rgbd(w: World, depth=True, extra_rgb=False, depth_side=8, split_text: bytes | None = None) -> Path:
+    """An RGB-D folder rgb/0001.png, depth/0001.png (uint16 mm) with one defect."""
+    root = w.case_dir / "rgbd"
+    (root / "rgb").mkdir(parents=True)
+    (root / "rgb" / "0001.png").write_bytes(_png())
+    if extra_rgb:
+        (root / "rgb" / "0002.png").write_bytes(_png(1))
+    if depth:
+        (root / "depth").mkdir()
+        depth_mm = np.full((depth_side, depth_side), 1500, np.uint16)
+        (root / "depth" / "0001.png").write_bytes(cv2.imencode(".png", depth_mm)[1].tobytes())
+    if split_text is not None:
+        (root / "split.txt").write_bytes(split_text)
     return root
 
 
@@ -637,6 +678,14 @@ def _probe_cases() -> list[Case]:
                                                          str(w.case_dir / "s.pt"), "--data", str(w.data),
                                                          "--out-dir", str(w.case_dir / "cmp")], message="s.pt"),
         Case("probe-unknown-method", lambda w: ["probe", "knn"], message="knn"),
+        Case("probe-dense-no-segmentation", lambda w: ["probe", "dense", "--checkpoint", str(w.teacher), "--data",
+                                                       str(w.data), "--out-dir", w.out(), "--device", "cpu"],
+             message="segmentation"),
+        Case("probe-linear-modality-unknown", lambda w: linear(w, "--modality", "xyz"), message="xyz"),
+        Case("probe-linear-modality-absent", lambda w: linear(w, "--modality", "depth"), message="depth"),
+        Case("probe-linear-input-size-negative", lambda w: linear(w, "--input-size", "-3"), message="-3"),
+        Case("probe-linear-stats-bad", lambda w: linear(w, "--stats", "mine"), message="mine"),
+        Case("probe-linear-split-unknown", lambda w: linear(w, "--test-split", "nosuch"), message="nosuch"),
     ]
 
 
@@ -654,6 +703,8 @@ def _quickstart_cases() -> list[Case]:
         Case("quickstart-device-bad", lambda w: ["quickstart", "--out-dir", w.out("q"), "--tiny", "--device", "tpu"],
              message="tpu"),
         Case("quickstart-unknown-option", lambda w: ["quickstart", "--fast"], message="--fast"),
+        Case("quickstart-out-dir-under-file", lambda w: ["quickstart", "--out-dir", str(w.write("f", b"x")) + "/q",
+                                                         "--tiny"], message="f/q"),
     ]
 
 
