@@ -272,9 +272,12 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
     out.mkdir(parents=True, exist_ok=True)
     record = {"job": job.name, "title": job.title, "device": _device_line(device), "status": "partial"}
     if job.kind == "speed":
-        args = ["--out-dir", str(out)] + (["--device", "cpu", "--quick"] if device == "cpu" else [])
+        raw = out / "speed"  # the script's own files, folded into the job's record and markdown below
+        args = ["--out-dir", str(raw)] + (["--device", "cpu", "--quick"] if device == "cpu" else [])
         run([sys.executable, "-m", "benchmarks.gpu.speed", *args])
-        record.update(status="done", results=json.loads((out / "gpu_speed.json").read_text()))
+        record.update(status="done", results=json.loads((raw / "gpu_speed.json").read_text()),
+                      markdown=(raw / "gpu_speed.md").read_text())
+        shutil.rmtree(raw)
         return _finish(job, out, record, started)
     state = state or STATE
     runs = state / "runs"
@@ -321,8 +324,10 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
 def _finish(job: Job, out: Path, record: dict, started: float) -> dict:
     record["job_seconds"] = round(time.monotonic() - started, 1)
     record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    markdown = _markdown(job, record)
+    record.pop("markdown", None)
     (out / f"gpu_{job.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / f"gpu_{job.name}.md").write_text(_markdown(job, record))
+    (out / f"gpu_{job.name}.md").write_text(markdown)
     files = [p for p in out.rglob("*") if p.is_file()]
     if len(files) > MAX_FILES or any(p.stat().st_size > FILE_LIMIT for p in files):
         raise SystemExit(f"{job.name}: {len(files)} files to return, the limit is {MAX_FILES} of "
@@ -332,6 +337,8 @@ def _finish(job: Job, out: Path, record: dict, started: float) -> dict:
 
 
 def _markdown(job: Job, record: dict) -> str:
+    if "markdown" in record:  # a benchmark that writes its own report
+        return record["markdown"] + f"\nQueue job `{job.name}` ({record['status']}), {record['job_seconds']:.0f} s.\n"
     lines = [f"# GPU queue: {job.title}", "", f"Job `{job.name}` ({record['status']}), {record['date']}, "
              f"{record['job_seconds']:.0f} s. Device: {record['device']}.", "",
              f"Command (device): `{device_command(job)}`", ""]
@@ -458,8 +465,7 @@ def collect(job: Job, folder: Path, results: Path | None = None, state: Path | N
     """File what a device call returned: record, markdown and metrics into results/, teacher and state into state/."""
     results, state = results or RESULTS, state or STATE
     written = []
-    for name in (f"gpu_{job.name}.json", f"gpu_{job.name}.md", f"gpu_{job.name}_metrics.csv", "gpu_speed.md",
-                 "gpu_speed.json"):
+    for name in (f"gpu_{job.name}.json", f"gpu_{job.name}.md", f"gpu_{job.name}_metrics.csv"):
         if (folder / name).exists():
             results.mkdir(parents=True, exist_ok=True)
             shutil.copy(folder / name, results / name)
