@@ -195,3 +195,29 @@ def test_a_captured_run_resumed_after_a_crash_ends_with_the_uninterrupted_weight
     resumed = load_checkpoint(tmp_path / "crashed" / "run" / "last.pt")
     assert max_weight_diff(straight["model"], resumed["model"]) == 0.0
     assert straight["optimizer"]["state"][0]["momentum_buffer"].equal(resumed["optimizer"]["state"][0]["momentum_buffer"])
+
+
+def test_a_distill_task_is_captured_only_when_every_loss_is_marked_capturable():
+    from crossmodal.losses import build_distiller, list_distillers
+    from crossmodal.losses.base import DISTILLERS, Distiller
+    from crossmodal.tasks.distill import DistillTask
+
+    class ReadsTheHost(Distiller):  # a loss nobody checked for capture
+        needs_teacher = False
+
+        def forward(self, s_out, t_out, batch):
+            return s_out["logits"].sum() * 0
+
+    def task(losses):
+        return DistillTask(torch.nn.Linear(2, 2), None, [], {n: torch.nn.ModuleList([m]) for n, m in losses.items()},
+                           {n: 1.0 for n in losses}, set())
+
+    list_distillers()  # loads every distiller module
+    assert DISTILLERS["crd"].capturable and DISTILLERS["kd"].capturable and DISTILLERS["ce"].capturable
+    cuda, engine, optim = torch.device("cuda"), EngineConfig(), OptimConfig()
+    capturable = task({"ce": build_distiller("ce", None), "kd": build_distiller("kd", None)})
+    assert cuda_graph_plan("auto", cuda, False, engine, optim, capturable) == (
+        True, "auto: CUDA, one process, SGD, capturable task")
+    mixed = task({"ce": build_distiller("ce", None), "host": ReadsTheHost(None)})
+    assert cuda_graph_plan("auto", cuda, False, engine, optim, mixed) == (
+        False, "auto: DistillTask has a loss that is not marked capturable")
