@@ -101,13 +101,15 @@ def _flatten(value, prefix: str, out: dict) -> dict:
 def data_identity(path: str | Path) -> str | None:
     """A digest of what a prepared file holds (its attributes and every dataset's shape), or None if unreadable.
 
-    Cheap for any size (no pixel is read) and changed by re-preparing the file, even in place."""
+    Cheap for any size (no pixel is read). The provenance attribute is left out: it records when, where and how
+    fast the file was written, so preparing the same source again (a fresh checkout, another session) gives the
+    same identity, while other data changes the per-channel stats, the class names or the shapes."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             digest = hashlib.sha256()
-            for key in sorted(f.attrs):
+            for key in sorted(set(f.attrs) - {"provenance"}):
                 digest.update(f"{key}={f.attrs[key]!r}".encode())
             f.visititems(lambda name, obj: digest.update(
                 f"{name}:{getattr(obj, 'shape', None)}:{getattr(obj, 'dtype', None)}".encode()))
