@@ -367,6 +367,16 @@ def test_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row():
         assert set(negatives[i].tolist()) == set(range(100)) - {row}
 
 
+def test_shared_negative_mask_by_hand_for_labelled_and_unlabeled_anchors():
+    classes = ClassIndex(torch.tensor([0, 0, 1, -1, -1]), 2)
+    index, negatives = torch.tensor([0, 3]), torch.tensor([0, 1, 2, 3, 4])
+    exact = shared_negative_mask(index, negatives, classes)
+    assert exact.tolist() == [[True, True, False, False, False],  # class 0: its own row and the other class-0 row
+                              [False, False, False, True, False]]  # unlabeled: only its own row
+    relax = shared_negative_mask(index, negatives)
+    assert relax.tolist() == [[True, False, False, False, False], [False, False, False, True, False]]
+
+
 def test_shared_negatives_are_uniform_over_every_row():
     torch.manual_seed(0)
     negatives = sample_shared_negatives(20000, 10, "cpu")

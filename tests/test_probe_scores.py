@@ -52,6 +52,9 @@ def test_topk_matches_rank_counting_on_random_logits_with_more_classes_than_k():
 def test_topk_above_the_class_count_counts_every_class_and_no_label_gives_nan():
     logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
     assert topk_accuracy(logits, torch.tensor([0, 1])) == {"top1": 0.0, "top5": 100.0}
+    assert topk_accuracy(logits, torch.tensor([-1, 2])) == {"top1": 0.0, "top5": 100.0}  # one labelled row
+    assert topk_accuracy(logits, torch.tensor([-1, 0]), ks=(1,)) == {"top1": 100.0}
+    assert topk_accuracy(logits, torch.tensor([2, -1]), ks=(1,)) == {"top1": 100.0}
     empty = topk_accuracy(logits, torch.tensor([-1, -1]))
     assert set(empty) == {"top1", "top5"} and all(math.isnan(v) for v in empty.values())
 
