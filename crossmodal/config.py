@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import os
 import tempfile
 import typing
@@ -32,7 +31,7 @@ from typing import Any, ClassVar, Iterable, Literal, Optional, TypeVar, Union
 
 import yaml
 
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, did_you_mean
 
 REQUIRED: Any = "???"  # sentinel default: the key must be given
 
@@ -370,10 +369,7 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
 
 
 def _hint(key, valid: Iterable[str], prefix: str) -> str:
-    near = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    if near:
-        return f"; did you mean {prefix + near[0]!r}?"
-    return f" (valid keys here: {', '.join(valid)})"
+    return did_you_mean(key, valid, prefix, cutoff=0.5) or f" (valid keys here: {', '.join(valid)})"
 
 
 def _show(value) -> str:

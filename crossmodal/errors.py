@@ -11,3 +11,11 @@ class DataError(CrossmodalError):
 
 class ConfigError(CrossmodalError):
     """A config key is unknown, has the wrong type, or has an invalid value."""
+
+
+def did_you_mean(value, choices, prefix: str = "", cutoff: float = 0.6) -> str:
+    """"; did you mean 'X'?" for the nearest of `choices` to `value` (shown as prefix + X), or "" when none is near."""
+    import difflib
+
+    near = difflib.get_close_matches(str(value), sorted(str(c) for c in choices), n=1, cutoff=cutoff)
+    return f"; did you mean {prefix + near[0]!r}?" if near else ""

@@ -10,15 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses import DistillSpec, build_distiller, list_distillers, output_shapes
+from crossmodal.losses import DistillSpec, build_distiller, get_distiller, list_distillers, output_shapes
 from crossmodal.losses.ab import boundary_loss
-from crossmodal.losses.at import last_stages
 from crossmodal.losses.cc import consecutive_correlation_loss, rbf_correlation
 from crossmodal.losses.fitnet import hint_regressor
 from crossmodal.losses.fsp import fsp_matrix
 from crossmodal.losses.ft import normalized_factor
 from crossmodal.losses.nst import polynomial_mmd
-from crossmodal.losses.zoo import DEFAULT_WEIGHTS
+from crossmodal.losses.stages import last_stages
 
 torch.set_num_threads(1)
 
@@ -110,7 +109,7 @@ def test_relation_losses_keep_float32_products_under_autocast(name, pair):
 def test_default_weights_are_the_reference_betas():
     expected = {"ce": 1, "kd": 0.9, "fitnet": 100, "at": 1000, "sp": 3000, "cc": 0.02, "vid": 1, "rkd": 1,
                 "pkt": 30000, "ab": 1, "ft": 200, "fsp": 50, "nst": 50}
-    assert {name: DEFAULT_WEIGHTS[name] for name in expected} == pytest.approx(expected)
+    assert {name: get_distiller(name).default_weight for name in expected} == pytest.approx(expected)
     assert set(OURS) <= set(list_distillers())
 
 

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses.at import last_stages
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
 from crossmodal.losses.fitnet import regressor_conv
+from crossmodal.losses.stages import last_stages
 
 REFERENCE_SCALE = 3e-3
 

@@ -4,45 +4,17 @@ For every paired stage, the spatial attention map Q = mean_c |A_c|^p is flattene
 L2-normalised per sample; the loss is the mean squared difference of the two maps, summed over
 stages (the authors' code; their beta/2 factor lives in the weight, 1000 as in the references).
 
-Stage pairing (shared with VID, NST and AB): the stem is skipped and the *last*
-min(n_s, n_t) - 1 stage maps of each network are paired, so a deeper teacher lines up its
-deepest stages with the student's. When paired maps differ in size, the larger one is
-adaptive-average-pooled to the smaller (as the reference code does); channel counts may differ
-because attention maps have none.
+Stages are paired and pooled to the smaller size as crossmodal.losses.stages describes (the
+pairing VID, NST and AB share); channel counts may differ because attention maps have none.
 """
 from __future__ import annotations
-
-from typing import Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from crossmodal.errors import ConfigError
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
-
-T = TypeVar("T")
-
-
-def last_stages(student: Sequence[T], teacher: Sequence[T], loss: str) -> list[tuple[T, T]]:
-    """Pair the last min(n_s, n_t) - 1 non-stem stages of student and teacher (lists stem first)."""
-    n = min(len(student), len(teacher)) - 1
-    if n < 1:
-        raise ConfigError(
-            f"loss {loss!r} needs at least one stage after the stem in both models "
-            f"(student has {len(student)} feature maps, teacher {len(teacher)})"
-        )
-    return list(zip(student[-n:], teacher[-n:]))
-
-
-def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive-average-pool whichever of two (B, C, H, W) maps is larger to the other's H, W."""
-    ha, wa = a.shape[-2:]
-    hb, wb = b.shape[-2:]
-    if (ha, wa) == (hb, wb):
-        return a, b
-    if ha * wa > hb * wb:
-        return F.adaptive_avg_pool2d(a, (hb, wb)), b
-    return a, F.adaptive_avg_pool2d(b, (ha, wa))
+from crossmodal.losses.stages import last_stages, pool_to_smaller
 
 
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:

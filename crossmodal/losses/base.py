@@ -16,16 +16,20 @@ Class attributes the engine reads:
   what that stage trains (plus the student when `init_trains_student`), `init_loss(s_out,
   t_out, batch)` its objective.
 - `default_weight`  the reference scripts' weight, used when a config gives the loss weight null.
+
+`get_distiller(name)` is the registry's accessor (the classes, for these attributes);
+`build_distiller(name, spec, **params)` builds one; `check_spec(spec)` says whether a teacher fits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -47,7 +51,6 @@ class DistillSpec:
     num_samples: int  # rows of the training split (CRD memory size)
     num_classes: int
     train_labels: Optional[torch.Tensor] = None  # (num_samples,) int64, -1 = none
-    extra: dict = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -84,6 +87,13 @@ class Distiller(nn.Module):
 
     def forward(self, s_out: dict, t_out, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def check_spec(cls, spec: DistillSpec) -> None:
+        """Raise ConfigError when the student's and teacher's outputs in `spec` cannot serve this loss (any can, here).
+
+        A `combines_teachers` loss is built once for all teachers: distill checks every teacher's spec with this.
+        """
 
     def check_training_split(self, num_samples: int) -> None:
         """Raise ConfigError when a training split of `num_samples` rows cannot serve this loss (any can, here)."""
@@ -127,29 +137,22 @@ def list_distillers() -> list[str]:
     return sorted(DISTILLERS)
 
 
-def build_distiller(name: str, spec: DistillSpec, **params) -> Distiller:
-    """Build the distiller registered as `name` with `params` (unknown parameters are a ConfigError)."""
+def get_distiller(name: str, key: str = "") -> type[Distiller]:
+    """The Distiller class registered as `name`; a one-line ConfigError (prefixed with config `key`) if none is."""
     _load_all()
     if name not in DISTILLERS:
-        import difflib
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"{where}unknown loss {name!r}{did_you_mean(name, DISTILLERS)} "
+                          f"(known: {', '.join(sorted(DISTILLERS))})")
+    return DISTILLERS[name]
 
-        near = difflib.get_close_matches(name, DISTILLERS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"unknown loss {name!r}{hint} (known: {', '.join(sorted(DISTILLERS))})")
-    cls = DISTILLERS[name]
-    import inspect
 
+def build_distiller(name: str, spec: DistillSpec, **params) -> Distiller:
+    """Build the distiller registered as `name` with `params` (unknown parameters are a ConfigError)."""
+    cls = get_distiller(name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "spec"}
     for key in params:
         if key not in accepted:
-            near = difflib_hint(key, accepted)
-            raise ConfigError(f"loss {name!r} has no parameter {key!r}{near} (accepted: {', '.join(sorted(accepted)) or 'none'})")
+            raise ConfigError(f"loss {name!r} has no parameter {key!r}{did_you_mean(key, accepted)} "
+                              f"(accepted: {', '.join(sorted(accepted)) or 'none'})")
     return cls(spec, **params)
-
-
-def difflib_hint(key: str, choices) -> str:
-    """'; did you mean X?' for the nearest of `choices` to `key`, or ''."""
-    import difflib
-
-    near = difflib.get_close_matches(key, list(choices), n=1)
-    return f"; did you mean {near[0]!r}?" if near else ""

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses.at import pool_to_smaller
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
+from crossmodal.losses.stages import pool_to_smaller
 
 
 def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

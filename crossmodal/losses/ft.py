@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses.at import pool_to_smaller
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
+from crossmodal.losses.stages import pool_to_smaller
 
 
 def conv_block(c_in: int, c_out: int, batch_norm: bool, transposed: bool = False) -> list[nn.Module]:

@@ -37,10 +37,16 @@ class KnowledgeDistillation(Distiller):
         super().__init__(spec)
         if temperature <= 0:
             raise ConfigError(f"loss 'kd': temperature must be > 0, got {temperature}")
-        if spec is not None and spec.student.num_classes != spec.teacher.num_classes:
+        if spec is not None:
+            self.check_spec(spec)
+        self.temperature = float(temperature)
+
+    @classmethod
+    def check_spec(cls, spec: DistillSpec) -> None:
+        """KD compares class probabilities: the teacher must predict the student's number of classes."""
+        if spec.student.num_classes != spec.teacher.num_classes:
             raise ConfigError(f"loss 'kd': the teacher predicts {spec.teacher.num_classes} classes, the student "
                               f"{spec.student.num_classes}; KD needs the same classes (use crd, which compares embeddings)")
-        self.temperature = float(temperature)
 
     def teacher_probs(self, t_out) -> torch.Tensor:
         """Softened class probabilities of one teacher output or the average over a list of them."""

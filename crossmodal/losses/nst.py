@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from crossmodal.losses.at import last_stages, pool_to_smaller
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
+from crossmodal.losses.stages import last_stages, pool_to_smaller
 
 
 def polynomial_mmd(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:

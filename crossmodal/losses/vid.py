@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.errors import ConfigError
-from crossmodal.losses.at import last_stages, pool_to_smaller
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
+from crossmodal.losses.stages import last_stages, pool_to_smaller
 
 
 class GaussianRegressor(nn.Module):

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, did_you_mean
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,9 +51,6 @@ def build_model(name: str, in_chans: int = 3, num_classes: int = 100, **kwargs) 
         return TimmModel(name[len("timm:"):], in_chans=in_chans, num_classes=num_classes, **kwargs)
     _load_zoo()
     if name not in MODELS:
-        import difflib
-
-        near = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(MODELS))}, or timm:<name>)")
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, MODELS)} "
+                          f"(known: {', '.join(sorted(MODELS))}, or timm:<name>)")
     return MODELS[name](in_chans=in_chans, num_classes=num_classes, **kwargs)

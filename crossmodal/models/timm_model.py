@@ -7,17 +7,15 @@ Models without it fall back to forward hooks on the modules listed in `model.fea
 (what `features_only` would tap); those maps are returned as the modules emit them.
 
 timm does not expose the tensors before a stage's last activation, so `preact_features` are the
-same tensors as `features`. Distillers that want pre-ReLU maps (e.g. OFD) get post-activation
-ones here; use a zoo model where that matters.
+same tensors as `features`. Distillers that read pre-ReLU maps (AB) get post-activation ones
+here; use a zoo model where that matters.
 """
 from __future__ import annotations
-
-import difflib
 
 import torch
 import torch.nn as nn
 
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, did_you_mean
 
 FEATURE_TAPS = ("auto", "intermediates", "hooks")
 
@@ -27,8 +25,7 @@ def _create(name: str, in_chans: int, num_classes: int, pretrained: bool, **kw) 
     import timm
 
     if not timm.is_model(name):
-        near = difflib.get_close_matches(name, timm.list_models(), n=1)
-        hint = f"; did you mean 'timm:{near[0]}'?" if near else ""
+        hint = did_you_mean(name, timm.list_models(), prefix="timm:")
         raise ConfigError(f"unknown timm model {name!r}{hint} (see timm.list_models())")
     try:
         return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes, **kw)
