@@ -337,9 +337,9 @@ def test_a_second_run_into_a_locked_folder_fails_at_once(tmp_path, world):
 
 
 def test_two_concurrent_teach_processes_never_share_a_folder(tmp_path, world):
-    config = _teach_yaml(tmp_path, world, epochs=200)
+    config = _teach_yaml(tmp_path, world, epochs=2)
     code = "import sys\nfrom cli.main import app\nsys.argv = ['crossmodal', *sys.argv[1:]]\napp()\n"
-    first = _python(code, "teach", str(config))
+    first = _python(SLOW_EPOCHS, "teach", str(config))  # holds the folder for 30 s after each epoch
     lock = tmp_path / "runs" / "t" / ".lock"
     _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), timeout=60)
     second = _python(code, "teach", str(config))
