@@ -109,6 +109,7 @@ class DataConfig:
     # Keep the split on the device and augment it there in batches (crossmodal.data.device_data);
     # auto = on with CUDA when the split takes at most a quarter of the free GPU memory.
     device_resident: Union[Literal["auto"], bool] = "auto"
+
     BOUNDS: ClassVar[dict[str, Bound]] = {"workers": at_least(0)}
 
 
@@ -162,6 +163,7 @@ class EngineConfig:
     progress: bool = True  # show the tqdm progress bar
     # Capture the training step as one CUDA graph (crossmodal.engine.step); auto = wherever it applies.
     cuda_graph: Union[Literal["auto"], bool] = "auto"
+
     BOUNDS: ClassVar[dict[str, Bound]] = {"max_steps_per_epoch": at_least(1), "eval_every": at_least(1),
                                           "save_every": at_least(1), "log_every": at_least(1)}
 
