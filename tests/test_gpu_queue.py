@@ -13,6 +13,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_prepared  # noqa: E402
 
+from benchmarks import teachers  # noqa: E402
 from benchmarks.gpu import queue  # noqa: E402
 from crossmodal.config import TeachConfig, load_config  # noqa: E402
 from crossmodal.engine import load_checkpoint  # noqa: E402
@@ -40,13 +41,14 @@ def test_queue_order_follows_the_issue_and_students_wait_for_their_teacher(tmp_p
     assert t1[:5] == ["t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0", "t1_vgg13_vgg8_kd_s0",
                       "t1_vgg13_vgg8_crd_s0", "t1_vgg13_vgg8_crd_kd_s0"]
     assert t1.index("t1_wrn_40_2_teacher_s0") < t1.index("t1_resnet32x4_teacher_s0") < t1.index("t1_vgg13_teacher_s1")
-    assert all(Path(queue.REPO, j.config).exists() for j in jobs if j.config and j.group != "b")
+    assert all(Path(queue.REPO, j.config).exists() for j in jobs if j.config)
 
     results, state = tmp_path / "results", tmp_path / "state"
     assert queue.next_job(jobs, results, state).name == "speed"
     results.mkdir()
-    for name in ("speed", "teacher_cifar10_resnet20", "teacher_tinyimagenet100_resnet20",
-                 "teacher_imagenette96_L_mobilenetv3", "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
+    benchmark_teachers = [j.name for j in jobs if j.group == "b"]
+    assert benchmark_teachers == [f"teacher_{name}" for name in teachers.TEACHERS]  # every benchmark teacher
+    for name in ("speed", *benchmark_teachers, "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
         (results / f"gpu_{name}.json").write_text(json.dumps({"status": "done"}))
     kd = next(j for j in jobs if j.name == "t1_vgg13_vgg8_kd_s0")
     assert queue.status(kd, results, state) == "waiting"  # its teacher's weights are not here
@@ -134,3 +136,32 @@ def test_next_prints_the_device_command_and_what_it_carries(capsys):
         plan = json.loads(printed)
         assert plan["command"] == f"PYTHONUNBUFFERED=1 python -m benchmarks.gpu.queue --run {job.name} --out $OUT"
         assert plan["input_mib"] * MiB <= queue.INPUT_LIMIT or plan["problems"]
+
+
+def test_a_returned_benchmark_teacher_is_filed_into_teachers_and_a_partial_run_into_benchmarks_partial(
+        tmp_path, monkeypatch):
+    from benchmarks import partial
+
+    monkeypatch.setattr(teachers, "TEACHER_DIR", tmp_path / "teachers")
+    monkeypatch.setattr(teachers, "RECORDS", tmp_path / "teachers" / "teachers.json")
+    monkeypatch.setattr(queue, "REPO", tmp_path)
+    monkeypatch.setattr(partial, "PARTIAL", tmp_path / "partial")
+    job = next(j for j in queue.build_jobs() if j.name == "teacher_cifar10_resnet20")
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / "partial_cifar10_resnet20_last.pt").write_bytes(b"state")
+    (back / "partial_cifar10_resnet20_metrics.csv").write_text("epoch\n1\n")
+    queue.collect(job, back, results=tmp_path / "results", state=tmp_path / "state")
+    assert (tmp_path / "partial" / "teachers" / "cifar10_resnet20" / "last.pt").read_bytes() == b"state"
+    rec = {"file": "teachers/cifar10_resnet20.pt", "sha256": "ab" * 32, "size_bytes": 7, "arch": "resnet20",
+           "modality": "rgb", "dataset": "cifar10", "test_top1": 90.0, "passes": 40, "train_time_s": 60.0,
+           "device": "cuda", "machine": "H100", "used_by": "compression", "command": "python -m ..."}
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "teacher_cifar10_resnet20.pt").write_bytes(b"weights")
+    (done / "teacher_cifar10_resnet20.json").write_text(json.dumps({"cifar10_resnet20": rec}))
+    queue.collect(job, done, results=tmp_path / "results", state=tmp_path / "state")
+    assert (tmp_path / "teachers" / "cifar10_resnet20.pt").read_bytes() == b"weights"
+    assert teachers.load_records()["cifar10_resnet20"]["test_top1"] == 90.0
+    assert "cifar10_resnet20.pt" in (tmp_path / "teachers" / "README.md").read_text()
+    assert not (tmp_path / "partial" / "teachers" / "cifar10_resnet20").exists()  # finished: the partial goes

@@ -12,7 +12,10 @@ working tree, which travels whole, plus the data archive from ../shared/data and
 from .gpu_state/), and returns at most 8 files of at most 16 MiB (results; a teacher's weights; a
 partial run's state when it fits). The order is the issue's:
   a. `speed`: the speed targets (benchmarks.gpu.speed);
-  b. the benchmarks' teachers (configs/teachers/), unless teachers/ already holds them;
+  b. the benchmarks' teachers (configs/teachers/), unless teachers/ already holds them: each is
+     `python -m benchmarks.teachers --only NAME --device cuda`, the CPU's own command, and comes back as
+     teachers/NAME.pt with its teachers.json record (or, stopped at the budget, as a benchmarks.partial
+     copy that the next slot continues from the committed tree);
   c. Table 1 on Tiny-ImageNet-100-32 with the paper's recipe (configs/cifar100/, 240 epochs): for
      vgg13 -> vgg8, then wrn_40_2 -> wrn_16_2, then resnet32x4 -> resnet8x4, the teacher and the vanilla,
      KD, CRD and CRD+KD students, seed 0 for every pair before seed 1;
@@ -90,11 +93,11 @@ class Job:
 def build_jobs() -> list[Job]:
     """The queue, in order (see the module docstring)."""
     jobs = [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch")]
-    teachers = (("cifar10_resnet20", "cifar10"), ("tinyimagenet100_resnet20", "tinyimagenet100"),
-                ("imagenette96_L_mobilenetv3", "imagenette"))
-    for name, dataset in teachers:
-        jobs.append(Job(f"teacher_{name}", "b", "teach", f"benchmark teacher {name} (configs/teachers/{name}.yaml)",
-                        config=f"configs/teachers/{name}.yaml", dataset=dataset))
+    from benchmarks.teachers import TEACHERS
+
+    for name, spec in TEACHERS.items():
+        jobs.append(Job(f"teacher_{name}", "b", "teach", f"benchmark teacher {name} ({spec.config})",
+                        config=spec.config, dataset=spec.dataset, seed=spec.seed))
     for seed in (0, 1):
         for teacher, student in PAIRS:
             tjob = f"t1_{teacher}_teacher_s{seed}"
@@ -279,6 +282,8 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
                       markdown=(raw / "gpu_speed.md").read_text())
         shutil.rmtree(raw)
         return _finish(job, out, record, started)
+    if job.group == "b":
+        return _run_benchmark_teacher(job, out, record, started, device, budget_s)
     state = state or STATE
     runs = state / "runs"
     run_dir = runs / job.name
@@ -318,6 +323,36 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
         record["returned_state"] = _return_state(run_dir, out, room)
     if (run_dir / "metrics.csv").exists():
         shutil.copy(run_dir / "metrics.csv", out / f"gpu_{job.name}_metrics.csv")
+    return _finish(job, out, record, started)
+
+
+def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, device: str, budget_s: float) -> dict:
+    """Group b: `python -m benchmarks.teachers --only NAME` on the device, the same command the CPU runs, so the
+    teacher comes back as teachers/NAME.pt with its teachers.json record (sha256, test top-1, command, time,
+    machine); stopped at the budget, its run comes back as a benchmarks.partial copy that the next slot resumes
+    from the committed tree. A CPU dry run uses --quick, which exports nothing."""
+    from benchmarks import partial, teachers
+
+    name = job.name[len("teacher_"):]
+    cmd = [sys.executable, "-m", "benchmarks.teachers", "--only", name, "--device", device]
+    if device == "cpu":
+        cmd.append("--quick")
+    how = run(cmd, timeout=budget_s)
+    if device == "cpu":
+        record.update(status="dry run", note="benchmarks.teachers --quick: nothing exported")
+    elif how == "finished":
+        rec = teachers.load_records()[name]
+        shutil.copy(REPO / rec["file"], out / f"teacher_{name}.pt")
+        (out / f"teacher_{name}.json").write_text(json.dumps({name: rec}, indent=1) + "\n")
+        record.update(status="done", teacher=rec)
+    else:
+        saved = out / "partial"
+        partial.save(REPO / "runs", saved)
+        run_dir = saved / "teachers" / name
+        for item in sorted(run_dir.iterdir()) if run_dir.exists() else []:
+            shutil.move(str(item), out / f"partial_{name}_{item.name}")
+        shutil.rmtree(saved, ignore_errors=True)
+        record["epochs_done"] = partial.epochs_done(REPO / "runs" / "teachers" / name)
     return _finish(job, out, record, started)
 
 
@@ -464,7 +499,7 @@ def _probe(run_dir: Path, data: Path, out: Path) -> str:
 def collect(job: Job, folder: Path, results: Path | None = None, state: Path | None = None) -> list[Path]:
     """File what a device call returned: record, markdown and metrics into results/, teacher and state into state/."""
     results, state = results or RESULTS, state or STATE
-    written = []
+    written = _collect_benchmark_teacher(job, folder) if job.group == "b" else []
     for name in (f"gpu_{job.name}.json", f"gpu_{job.name}.md", f"gpu_{job.name}_metrics.csv"):
         if (folder / name).exists():
             results.mkdir(parents=True, exist_ok=True)
@@ -484,6 +519,34 @@ def collect(job: Job, folder: Path, results: Path | None = None, state: Path | N
         for part in state_parts:
             shutil.copy(part, resume / part.name)
             written.append(resume / part.name)
+    return written
+
+
+def _collect_benchmark_teacher(job: Job, folder: Path) -> list[Path]:
+    """A returned group-b teacher into teachers/ (its record merged into teachers.json), or its partial run into
+    benchmarks/partial/teachers/ (committed, so the next slot continues it)."""
+    from benchmarks import partial, teachers
+
+    name = job.name[len("teacher_"):]
+    written = []
+    if (folder / f"teacher_{name}.pt").exists():
+        rec = json.loads((folder / f"teacher_{name}.json").read_text())[name]
+        target = REPO / rec["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / f"teacher_{name}.pt", target)
+        records = teachers.load_records()
+        records[name] = rec
+        teachers.write_records(records)
+        shutil.rmtree(partial.PARTIAL / "teachers" / name, ignore_errors=True)
+        written += [target, teachers.RECORDS]
+    pieces = sorted(folder.glob(f"partial_{name}_*"))
+    if pieces:
+        dest = partial.PARTIAL / "teachers" / name
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        for piece in pieces:
+            shutil.copy(piece, dest / piece.name[len(f"partial_{name}_"):])
+            written.append(dest / piece.name[len(f"partial_{name}_"):])
     return written
 
 
