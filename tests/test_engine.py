@@ -26,7 +26,8 @@ from crossmodal.config import (AugmentConfig, DataConfig, EngineConfig, ModelCon
 from crossmodal.engine import (CheckpointError, ModelMeta, Trainer, load_checkpoint, load_model,  # noqa: E402
                                seed_everything)
 from crossmodal.engine.checkpoint import save_checkpoint  # noqa: E402
-from crossmodal.engine.distributed import BlockDistributedSampler, ShardSampler, all_gather_concat  # noqa: E402
+from crossmodal.distributed import all_gather_concat  # noqa: E402
+from crossmodal.engine.distributed import BlockDistributedSampler, ShardSampler  # noqa: E402
 from crossmodal.engine.logging import read_metrics  # noqa: E402
 from crossmodal.engine.optim import build_optimizer, lr_factor_fn  # noqa: E402
 from crossmodal.errors import ConfigError  # noqa: E402

@@ -10,8 +10,8 @@ therefore follow the same trajectory as one (tested); with BatchNorm, per-rank b
 differ from the single-process ones unless `engine.sync_bn` (CUDA) is on.
 
 `optim.batch_size` is the global batch and `optim.lr` is never rescaled with the world size.
-Logging and checkpoints happen on rank 0 only. The helpers below work unchanged (as no-ops) in
-a single process, so library code (e.g. CRD's memory update) can call them unconditionally.
+Logging and checkpoints happen on rank 0 only. The rank/world and collective helpers that also
+work (as no-ops) in a single process live one floor down, in crossmodal.distributed.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from crossmodal.distributed import all_reduce_sum  # noqa: F401  (re-exported: the trainer imports it from here)
 from crossmodal.errors import ConfigError
 
 
@@ -64,39 +65,6 @@ def cleanup_distributed() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def get_rank() -> int:
-    """Rank of this process (0 without a process group)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of processes (1 without a process group)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` (same shape on every rank) from all ranks along dim 0, in rank order; no grad."""
-    world = get_world_size()
-    if world == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)  # (world * B, ...)
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over ranks (in place, also returned); identity in a single process."""
-    if get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if get_world_size() > 1:
-        dist.barrier()
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -18,10 +18,10 @@ import math
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from crossmodal.distributed import all_gather_concat, rank_and_world
 from crossmodal.errors import ConfigError
 
 # Per-anchor negatives: score every memory row with one (B, D) x (D, N) matmul and pick the K columns while
@@ -30,24 +30,6 @@ from crossmodal.errors import ConfigError
 # N/K of a few tens (6-13x faster at N/K = 3-12 on CPU, benchmarks/results/crd_speed.md), and its (B, N)
 # scores take less memory than (B, K, D) rows whenever N < K * D.
 ALL_ROWS_FACTOR = 32
-
-
-# ----------------------------------------------------------------------------------------------- ranks
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, or (0, 1) when it is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` (same shape on every rank) from all ranks in rank order along dim 0."""
-    _, world = rank_and_world()
-    if world == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
 
 
 # --------------------------------------------------------------------------------------- memory bank
@@ -215,7 +197,7 @@ class PartitionEstimate(nn.Module):
         batch_log_z = batch_log_z.to(torch.float64)
         _, world = rank_and_world()
         if world > 1:  # log of the mean over ranks of Z_batch
-            batch_log_z = torch.logsumexp(gather_across_ranks(batch_log_z.reshape(1)), 0) - math.log(world)
+            batch_log_z = torch.logsumexp(all_gather_concat(batch_log_z.reshape(1)), 0) - math.log(world)
         if self.z_estimate == "frozen":
             candidate = self.log_z
         else:

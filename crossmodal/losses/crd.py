@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from crossmodal.distributed import all_gather_concat, rank_and_world
 from crossmodal.errors import ConfigError
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller
 from crossmodal.losses.contrast_memory import (
@@ -59,10 +60,8 @@ from crossmodal.losses.contrast_memory import (
     PartitionEstimate,
     batch_log_partition,
     check_choice,
-    gather_across_ranks,
     infonce_loss,
     nce_loss,
-    rank_and_world,
     sample_negatives,
     sample_shared_negatives,
     shared_negative_mask,
@@ -182,7 +181,7 @@ class CRDLoss(Distiller):
     @torch.no_grad()
     def _update_memories(self, index: torch.Tensor, f_s: torch.Tensor, f_t: torch.Tensor) -> None:
         """Momentum update of the batch's rows in both memories, with every rank's samples."""
-        index, f_s, f_t = gather_across_ranks(index), gather_across_ranks(f_s), gather_across_ranks(f_t)
+        index, f_s, f_t = all_gather_concat(index), all_gather_concat(f_s), all_gather_concat(f_t)
         self.memory_student.update(index, f_s)
         self.memory_teacher.update(index, f_t)
 
