@@ -13,7 +13,8 @@ from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.engine import load_checkpoint, load_model
 from crossmodal.engine.checkpoint import file_sha256
 from crossmodal.errors import ConfigError
-from crossmodal.tasks.distill import DistillConfig, TeacherConfig, TeacherInput, run_distill
+from crossmodal.engine.teachers import TeacherInput
+from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
 from crossmodal.tasks.teach import run_teach
 
 torch.set_num_threads(1)
@@ -212,6 +213,9 @@ def test_config_errors_name_the_key(tmp_path, prepared, rgb_teacher):
     cfg = distill_cfg(tmp_path, prepared, [], {"ce": 1.0, "kd": 0.9})
     with pytest.raises(ConfigError, match="need a teacher"):
         run_distill(cfg)
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {})
+    with pytest.raises(ConfigError, match=r"^losses: give at least one loss, e.g. \{ce: 1, kd: 1, crd: 0.8\}$"):
+        run_distill(cfg)
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "ab")], {"kd": 1.0})
     with pytest.raises(ConfigError, match="teachers.0.modality"):
         run_distill(cfg)
@@ -260,3 +264,22 @@ def test_rgb_to_depth_without_any_label_trains_and_keeps_latest_as_best(tmp_path
     run = tmp_path / "runs" / "student"
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
     assert "test_top1" not in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_student_pretrained_needs_a_timm_model_and_reaches_timm(tmp_path, prepared, rgb_teacher, monkeypatch):
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "kd": 1.0})
+    cfg.student.pretrained = True
+    with pytest.raises(ConfigError, match=r"student.pretrained needs a timm model \('timm:<name>'\), not 'resnet8'"):
+        run_distill(cfg)
+    timm = pytest.importorskip("timm")
+    asked = []
+
+    def offline(name, pretrained=False, **kwargs):  # what timm does when the weights cannot be fetched
+        asked.append(pretrained)
+        raise OSError("offline: weights not in the cache")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    cfg.student = ModelConfig(arch="timm:resnet18", modality="rgb", pretrained=True)
+    with pytest.raises(ConfigError, match="could not load pretrained weights for timm:resnet18"):
+        run_distill(cfg)
+    assert asked == [True]
