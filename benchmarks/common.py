@@ -429,19 +429,19 @@ def checkpoint_test_probs(paths: list, data: str, modality: str, split: str = "t
     """(softmax outputs (N, classes) of each checkpoint's network on `split` of prepared file `data`, labels (N,)).
 
     Each network reads the split re-normalised to its own training stats, exactly as `distill` feeds a
-    teacher (crossmodal.tasks.distill.load_teachers).
+    teacher (crossmodal.engine.teachers.load_teachers).
     """
     import torch
     from torch.utils.data import DataLoader
 
     from crossmodal.data.dataset import PreparedDataset
-    from crossmodal.tasks.distill import DistillConfig, TeacherConfig, load_teachers
+    from crossmodal.engine.teachers import load_teachers
+    from crossmodal.tasks.distill import TeacherConfig
 
     test = PreparedDataset(REPO / data, split, [modality], preload=True)
     loader = DataLoader(test, batch_size=500)
-    cfg = DistillConfig(teachers=[TeacherConfig(str(REPO / p), modality) for p in paths])
     probs = []
-    for teacher in load_teachers(cfg, test):
+    for teacher in load_teachers([TeacherConfig(str(REPO / p), modality) for p in paths], test.stats):
         with torch.no_grad():
             probs.append(torch.cat([teacher(batch)["logits"].softmax(1) for batch in loader]))
     return probs, torch.as_tensor(test.labels)

@@ -90,6 +90,12 @@ class PairedAugment:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 
+    @classmethod
+    def from_config(cls, augment) -> "PairedAugment":
+        """The augmentation a config's `data.augment` section (crossmodal.config.AugmentConfig) describes."""
+        return cls(crop=augment.crop, padding=augment.padding, hflip=augment.hflip,
+                   random_resized_crop=augment.random_resized_crop, scale=tuple(augment.scale))
+
     def __post_init__(self):
         # YAML gives lists; keep tuples so the object stays hashable and prints the same either way.
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))

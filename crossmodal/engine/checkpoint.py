@@ -16,6 +16,7 @@ A checkpoint written by the Trainer is a dict of tensors, numbers, strings, list
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -65,11 +66,28 @@ def _write_failure_reason(e: BaseException, path: Path) -> str:
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint with torch.load(weights_only=True); CheckpointError naming the file if that fails."""
+    return _load(path, lambda p: p, map_location)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, str]:
+    """(checkpoint, hex sha256 of the file) from one read of `path` (a model's contents and identity at once)."""
+    digest = []
+
+    def read_once(p: Path) -> io.BytesIO:
+        data = p.read_bytes()
+        digest.append(hashlib.sha256(data).hexdigest())
+        return io.BytesIO(data)
+
+    return _load(path, read_once, "cpu"), digest[0]
+
+
+def _load(path: str | Path, source, map_location) -> dict:
+    """torch.load(source(path), weights_only=True) checked to be a crossmodal checkpoint; CheckpointError otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(source(path), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
@@ -91,11 +109,15 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild the trained network of checkpoint `path` in eval mode; return (model, meta).
 
     meta holds arch, modality, in_chans, num_classes, class_names, data_path, stats, plus
-    `sha256` of the file, `path`, `epoch` and `task_meta`.
+    `sha256` of the file, `path`, `epoch` and `task_meta`. The file is read once.
     """
-    from crossmodal.models import build_model
+    ckpt, sha256 = read_checkpoint(path)
+    meta = model_meta(ckpt, path, sha256)
+    return model_from_checkpoint(ckpt, meta, device), meta
 
-    ckpt = load_checkpoint(path)
+
+def model_meta(ckpt: dict, path: str | Path, sha256: str) -> dict:
+    """The checked model metadata of checkpoint `ckpt` read from `path`, plus sha256, path, epoch and task_meta."""
     meta = dict(ckpt.get("meta") or {}) if isinstance(ckpt.get("meta"), dict) else {}
     missing = [k for k in META_KEYS if k not in meta]
     if missing or "model" not in ckpt:
@@ -103,15 +125,21 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     check_meta(meta, path)
     if not isinstance(ckpt["model"], dict):
         raise CheckpointError(f"{path}: checkpoint's 'model' is not a state_dict")
+    meta.update(sha256=sha256, path=str(path), epoch=ckpt.get("epoch"), task_meta=ckpt.get("task_meta", {}))
+    return meta
+
+
+def model_from_checkpoint(ckpt: dict, meta: dict, device="cpu") -> nn.Module:
+    """The network `meta` (from model_meta) describes, with the weights of `ckpt`, on `device` in eval mode."""
+    from crossmodal.models import build_model
+
     model = build_model(meta["arch"], in_chans=meta["in_chans"], num_classes=meta["num_classes"])
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: weights do not fit {meta['arch']!r} ({str(e).splitlines()[0]})") from None
-    model.to(device).eval()
-    meta.update(sha256=file_sha256(path), path=str(path), epoch=ckpt.get("epoch"),
-                task_meta=ckpt.get("task_meta", {}))
-    return model, meta
+        reason = str(e).splitlines()[0]
+        raise CheckpointError(f"{meta['path']}: weights do not fit {meta['arch']!r} ({reason})") from None
+    return model.to(device).eval()
 
 
 def export_weights(src: str | Path, dst: str | Path, half: bool = False) -> dict:

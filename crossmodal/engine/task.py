@@ -2,7 +2,7 @@
 
 The engine (crossmodal.engine.trainer.Trainer) owns the loop; a task says what one step is.
 `teach` is a ClassifierTask, `distill` a task holding the student, its distillers and (frozen,
-unregistered) teachers, `probe --finetune` a classifier over a loaded backbone. Subclass Task:
+unregistered) teachers, `probe finetune` a classifier over a loaded backbone. Subclass Task:
 
     class MyTask(Task):
         def __init__(self, model, meta, ...):
@@ -23,7 +23,8 @@ Rules the engine relies on:
   is fine); `logits` (B, num_classes) of `self.model` for the batch's samples (train top-1,
   label -1 ignored). `batch` is the collated sample dict already on the device.
 - `evaluation_step(batch) -> logits` (B, num_classes); the engine calls it under no_grad in
-  eval mode and scores it against batch["label"].
+  eval mode and scores it against batch["label"]. The default runs `self.model` on
+  `batch[self.meta.modality]`; override it when evaluation sees the batch otherwise.
 - The optimiser trains every parameter of the task with requires_grad=True; the checkpoint
   stores `task.model.state_dict()` as "model" and the rest of `task.state_dict()` (buffers
   such as CRD memories included) as "task".
@@ -87,8 +88,8 @@ class Task(nn.Module):
         raise NotImplementedError
 
     def evaluation_step(self, batch: dict) -> torch.Tensor:
-        """Logits (B, n) of `self.model` for evaluation (called under no_grad, eval mode)."""
-        raise NotImplementedError
+        """Logits (B, n) of `self.model` on its modality (the engine calls it under no_grad, in eval mode)."""
+        return self.model(batch[self.meta.modality])["logits"]
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules used but not trained (teachers); the engine places them and keeps them in eval()."""

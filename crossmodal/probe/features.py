@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from crossmodal.config import atomic_write
 from crossmodal.data.transforms import NEAREST_KEYS
+from crossmodal.engine.teachers import TeacherInput  # the affine map distill feeds its teachers through
 from crossmodal.errors import ConfigError
 
 CACHE_VERSION = 1
@@ -41,8 +42,6 @@ class InputAdapter(nn.Module):
     def __init__(self, modality: str, size: Optional[int] = None, data_stats: Optional[dict] = None,
                  model_stats: Optional[dict] = None):
         super().__init__()
-        from crossmodal.tasks.distill import TeacherInput  # the same affine map distill uses for teachers
-
         self.modality, self.size = modality, size
         self.renorm = TeacherInput(data_stats, model_stats) if data_stats and model_stats else None
         if self.renorm is not None and self.renorm.identity:

@@ -12,6 +12,8 @@ Compression, cross-modal transfer and ensembles are one engine with three config
     from crossmodal.tasks.distill import DistillConfig, run_distill
     summary = run_distill(load_config("configs/cifar100/resnet32x4_resnet8x4_crd.yaml", DistillConfig))
 
+Each teacher checkpoint is read once per run (crossmodal.engine.teachers): its weights, metadata
+and sha256 come from that one read, which also tells the dataset which modality the teacher reads.
 Methods with an init stage (AB, FT, FSP) run it first, through the same engine, in
 <run>/init/ (resumable like any run), training only what the method names.
 """
@@ -28,12 +30,12 @@ import torch.nn as nn
 from crossmodal.config import REQUIRED, Bound, ModelConfig, RunConfig, above, at_least
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
-from crossmodal.engine import ModelMeta, Task, Trainer, load_model, run_dir_for, seed_everything
+from crossmodal.engine import ModelMeta, Task, Trainer, run_dir_for, seed_everything
+from crossmodal.engine.teachers import FrozenTeacher, TeacherCheckpoint, freeze_teachers, read_teachers
 from crossmodal.errors import ConfigError
-from crossmodal.losses import DistillSpec, build_distiller, output_shapes
-from crossmodal.losses.base import DISTILLERS, list_distillers
-from crossmodal.modalities import get_modality, in_chans
-from crossmodal.models import build_model
+from crossmodal.losses import DistillSpec, OutputShapes, build_distiller, get_distiller, output_shapes
+from crossmodal.modalities import in_chans
+from crossmodal.tasks.teach import build_classifier
 
 log = logging.getLogger("crossmodal")
 
@@ -58,34 +60,6 @@ class DistillConfig(RunConfig):
     init_lr: Optional[float] = None  # lr of the init stage (AB/FT/FSP); default: the reference's (FT: 0.01 for resnet/wrn students), else optim.lr
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"losses": at_least(0), "init_lr": above(0)}
-
-
-class TeacherInput(nn.Module):
-    """Re-normalise a batch tensor from the dataset's stats to the stats a teacher was trained with."""
-
-    def __init__(self, data_stats: dict, teacher_stats: dict):
-        super().__init__()
-        d_mean, d_std = (torch.tensor(data_stats[k]).view(-1, 1, 1) for k in ("mean", "std"))
-        t_mean, t_std = (torch.tensor(teacher_stats[k]).view(-1, 1, 1) for k in ("mean", "std"))
-        # x_teacher = (x * d_std + d_mean - t_mean) / t_std = x * scale + shift
-        self.register_buffer("scale", d_std / t_std, persistent=False)
-        self.register_buffer("shift", (d_mean - t_mean) / t_std, persistent=False)
-        self.identity = bool(torch.allclose(self.scale, torch.ones_like(self.scale))
-                             and torch.allclose(self.shift, torch.zeros_like(self.shift)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.identity else x * self.scale + self.shift
-
-
-class FrozenTeacher(nn.Module):
-    """A teacher network with its input modality and re-normalisation; never trained."""
-
-    def __init__(self, model: nn.Module, modality: str, renorm: TeacherInput, meta: dict):
-        super().__init__()
-        self.model, self.renorm, self.modality, self.meta = model, renorm, modality, meta
-
-    def forward(self, batch: dict) -> dict:
-        return self.model(self.renorm(batch[self.modality]))
 
 
 class DistillTask(Task):
@@ -129,9 +103,6 @@ class DistillTask(Task):
             terms[name] = weighted.detach()
         return total, terms, s_out["logits"]
 
-    def evaluation_step(self, batch: dict) -> torch.Tensor:
-        return self.model(batch[self.meta.modality])["logits"]
-
     def checkpoint_meta(self) -> dict:
         return {
             "teachers": [{k: t.meta.get(k) for k in ("path", "sha256", "arch", "epoch")} | {"modality": t.modality}
@@ -166,24 +137,15 @@ class InitStageTask(Task):
             terms[f"init_{name}"] = value.detach()
         return total, terms, s_out["logits"]
 
-    def evaluation_step(self, batch: dict) -> torch.Tensor:
-        return self.model(batch[self.meta.modality])["logits"]
-
 
 def resolve_weights(cfg: DistillConfig) -> dict[str, float]:
     """cfg.losses with null weights replaced by each method's reference default weight."""
-    known = list_distillers()
     if not cfg.losses:
         raise ConfigError("losses: give at least one loss, e.g. {ce: 1, kd: 1, crd: 0.8}")
     weights = {}
     for name, weight in cfg.losses.items():
-        if name not in known:
-            import difflib
-
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"losses.{name}: unknown loss{hint} (known: {', '.join(known)})")
-        weights[name] = float(DISTILLERS[name].default_weight if weight is None else weight)
+        default = get_distiller(name, key=f"losses.{name}").default_weight
+        weights[name] = float(default if weight is None else weight)
     if not any(weights.values()):
         raise ConfigError(f"losses: every weight is 0 ({', '.join(weights)}); nothing would train the student")
     for name in cfg.loss_params:
@@ -192,79 +154,55 @@ def resolve_weights(cfg: DistillConfig) -> dict[str, float]:
     return weights
 
 
-def load_teachers(cfg: DistillConfig, train: PreparedDataset) -> list[FrozenTeacher]:
-    """Load every teacher checkpoint, check its modality is in the data, and set up its re-normalisation."""
-    teachers = []
-    for i, t_cfg in enumerate(cfg.teachers):
-        model, meta = load_model(t_cfg.checkpoint)
-        modality = t_cfg.modality or meta["modality"]
-        get_modality(modality)
-        if in_chans(modality) != meta["in_chans"]:
-            raise ConfigError(f"teachers.{i}.modality: {t_cfg.checkpoint} reads {meta['in_chans']} channels, "
-                              f"modality {modality!r} has {in_chans(modality)}")
-        t_stats = meta["stats"].get(modality) or meta["stats"].get(meta["modality"])
-        renorm = TeacherInput(train.stats[modality], t_stats)
-        teachers.append(FrozenTeacher(model, modality, renorm, meta))
-    return teachers
-
-
-def build_distill_task(cfg: DistillConfig, train: PreparedDataset) -> DistillTask:
-    """Student, teachers and distillers for cfg on the training dataset `train`."""
+def build_distill_task(cfg: DistillConfig, train: PreparedDataset,
+                       teachers: Optional[list[TeacherCheckpoint]] = None) -> DistillTask:
+    """Student, teachers and distillers for cfg on the training dataset `train` (`teachers`: read_teachers's,
+    else they are read here)."""
     weights = resolve_weights(cfg)
-    teachers = load_teachers(cfg, train)
-    needs_teacher = [n for n in weights if DISTILLERS[n].needs_teacher]
-    if needs_teacher and not teachers:
+    frozen = freeze_teachers(read_teachers(cfg.teachers) if teachers is None else teachers, train.stats)
+    needs_teacher = [n for n in weights if get_distiller(n).needs_teacher]
+    if needs_teacher and not frozen:
         raise ConfigError(f"losses {', '.join(needs_teacher)} need a teacher; add `teachers: [{{checkpoint: ...}}]`")
-    student = build_model(cfg.student.arch, in_chans=in_chans(cfg.student.modality), num_classes=train.num_classes)
+    student = build_classifier(cfg.student, train.num_classes, key="student")
     meta = ModelMeta.for_dataset(cfg.student.arch, cfg.student.modality, train, cfg.data.path)
     sample = train[0]
     s_shapes = output_shapes(student, in_chans(cfg.student.modality), tuple(sample[cfg.student.modality].shape[-2:]))
     labels = torch.as_tensor(train.labels, dtype=torch.long)
+
+    def spec(t_shapes: OutputShapes) -> DistillSpec:
+        return DistillSpec(s_shapes, t_shapes, len(train), train.num_classes, labels)
+
+    t_specs = [spec(output_shapes(t.model, in_chans(t.modality), tuple(sample[t.modality].shape[-2:])))
+               for t in frozen]
     losses, combined = {}, set()
     for name in weights:
         params = dict(cfg.loss_params.get(name, {}))
-        cls = DISTILLERS[name]
+        cls = get_distiller(name)
         if not cls.needs_teacher:
-            spec = DistillSpec(s_shapes, s_shapes, len(train), train.num_classes, labels)
-            losses[name] = nn.ModuleList([build_distiller(name, spec, **params)])
-            continue
-        specs = []
-        for t in teachers:
-            t_shapes = output_shapes(t.model, in_chans(t.modality), tuple(sample[t.modality].shape[-2:]))
-            specs.append(DistillSpec(s_shapes, t_shapes, len(train), train.num_classes, labels))
-        if cls.combines_teachers:
+            losses[name] = nn.ModuleList([build_distiller(name, spec(s_shapes), **params)])
+        elif cls.combines_teachers:
             combined.add(name)
-            # One instance sees every teacher: building it against each teacher checks they all fit.
-            instances = [build_distiller(name, spec, **params) for spec in specs]
-            losses[name] = nn.ModuleList(instances[:1])
+            for t_spec in t_specs:  # one instance sees every teacher: each must fit it
+                cls.check_spec(t_spec)
+            losses[name] = nn.ModuleList([build_distiller(name, t_specs[0], **params)])
         else:
-            losses[name] = nn.ModuleList([build_distiller(name, spec, **params) for spec in specs])
+            losses[name] = nn.ModuleList([build_distiller(name, t_spec, **params) for t_spec in t_specs])
     for modules in losses.values():
         for module in modules:
             module.check_training_split(len(train))
-    return DistillTask(student, meta, teachers, losses, weights, combined)
+    return DistillTask(student, meta, frozen, losses, weights, combined)
 
 
-def build_distill_datasets(cfg: DistillConfig):
-    """(train, test) datasets holding the student's and every teacher's modality."""
+def build_distill_datasets(cfg: DistillConfig, teachers: Optional[list[TeacherCheckpoint]] = None):
+    """(train, test) datasets holding the student's and every teacher's modality (`teachers`: read_teachers's,
+    else they are read here); each teacher's resolved modality is written into cfg (the run's config.yaml)."""
+    teachers = read_teachers(cfg.teachers) if teachers is None else teachers
     modalities = [cfg.student.modality]
-    for t in cfg.teachers:
-        if t.modality and t.modality not in modalities:
+    for t_cfg, t in zip(cfg.teachers, teachers):
+        t_cfg.modality = t.modality
+        if t.modality not in modalities:
             modalities.append(t.modality)
-    # Teachers without an explicit modality read their checkpoint's: peek at it without loading weights twice.
-    for i, t in enumerate(cfg.teachers):
-        if not t.modality:
-            from crossmodal.engine import load_checkpoint
-
-            meta = load_checkpoint(t.checkpoint).get("meta") or {}
-            if not isinstance(meta, dict) or not isinstance(meta.get("modality"), str):
-                raise ConfigError(f"teachers.{i}.checkpoint: {t.checkpoint} holds no model metadata")
-            t.modality = meta["modality"]
-            if t.modality not in modalities:
-                modalities.append(t.modality)
-    a = cfg.data.augment
-    augment = PairedAugment(crop=a.crop, padding=a.padding, hflip=a.hflip,
-                            random_resized_crop=a.random_resized_crop, scale=tuple(a.scale))
+    augment = PairedAugment.from_config(cfg.data.augment)
     # The student may learn from unlabeled samples (ce ignores label -1); evaluation needs labels.
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, modalities, augment=augment,
                             preload=cfg.data.preload, labeled_only=False, seed=cfg.seed)
@@ -319,7 +257,9 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
 def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     """Distill cfg.teachers into cfg.student on cfg.data (continuing <run>/last.pt if `resume`); return the summary."""
     seed_everything(cfg.seed)
-    train, test = build_distill_datasets(cfg)
-    task = build_distill_task(cfg, train)
+    resolve_weights(cfg)  # a config error is reported before any file is read
+    teachers = read_teachers(cfg.teachers)  # each checkpoint once: weights, metadata and sha256
+    train, test = build_distill_datasets(cfg, teachers)
+    task = build_distill_task(cfg, train, teachers)
     run_init_stage(cfg, task, train, test, resume)
     return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()

@@ -304,9 +304,7 @@ def with_class_head(model: nn.Module, arch: str, channels: int, old_names: list[
 def run_finetune(cfg: ProbeConfig, resume: bool = False) -> dict:
     """Train the whole network from the checkpoint (and a random init, if asked) through the engine."""
     setup = _Setup(cfg)
-    a = cfg.data.augment
-    augment = PairedAugment(crop=a.crop, padding=a.padding, hflip=a.hflip,
-                            random_resized_crop=a.random_resized_crop, scale=tuple(a.scale))
+    augment = PairedAugment.from_config(cfg.data.augment)
     common = dict(modalities=[setup.modality], labeled_only=True, preload=cfg.data.preload, seed=cfg.seed)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=augment, **common)
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, **common)

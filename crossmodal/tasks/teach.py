@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossmodal.config import TeachConfig
+from crossmodal.config import ModelConfig, TeachConfig
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
 from crossmodal.engine import ModelMeta, Task, Trainer, run_dir_for, seed_everything
@@ -38,37 +38,32 @@ class ClassifierTask(Task):
         ce = F.cross_entropy(logits, batch["label"], ignore_index=-1, label_smoothing=self.label_smoothing)
         return ce, {"ce": ce.detach()}, logits
 
-    def evaluation_step(self, batch: dict) -> torch.Tensor:
-        """Logits (B, n) of the model."""
-        return self.model(batch[self.meta.modality])["logits"]
-
 
 def build_datasets(cfg: TeachConfig, modalities: list[str], labeled_only: bool = True):
     """(train, test) PreparedDatasets of cfg.data for `modalities`; augmentation on train only."""
-    augment = cfg.data.augment
-    train_augment = PairedAugment(crop=augment.crop, padding=augment.padding, hflip=augment.hflip,
-                                  random_resized_crop=augment.random_resized_crop, scale=tuple(augment.scale))
+    train_augment = PairedAugment.from_config(cfg.data.augment)
     common = dict(modalities=modalities, preload=cfg.data.preload, labeled_only=labeled_only, seed=cfg.seed)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=train_augment, **common)
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, augment=None, **common)
     return train, test
 
 
-def build_classifier(cfg: TeachConfig, num_classes: int) -> nn.Module:
-    """The network of cfg.model for `num_classes` classes (pretrained weights only for timm models)."""
+def build_classifier(model: ModelConfig, num_classes: int, key: str = "model") -> nn.Module:
+    """The network a ModelConfig (config key `key`) names, for `num_classes` classes; pretrained weights only for
+    timm models (any other arch with `pretrained: true` is a ConfigError)."""
     kwargs = {}
-    if cfg.model.pretrained:
-        if not cfg.model.arch.startswith("timm:"):
-            raise ConfigError(f"model.pretrained needs a timm model ('timm:<name>'), not {cfg.model.arch!r}")
+    if model.pretrained:
+        if not model.arch.startswith("timm:"):
+            raise ConfigError(f"{key}.pretrained needs a timm model ('timm:<name>'), not {model.arch!r}")
         kwargs["pretrained"] = True
-    return build_model(cfg.model.arch, in_chans=in_chans(cfg.model.modality), num_classes=num_classes, **kwargs)
+    return build_model(model.arch, in_chans=in_chans(model.modality), num_classes=num_classes, **kwargs)
 
 
 def run_teach(cfg: TeachConfig, resume: bool = False) -> dict:
     """Train cfg.model on cfg.data (continuing runs/<name>/last.pt if `resume`); return the run summary."""
     seed_everything(cfg.seed)
     train, test = build_datasets(cfg, [cfg.model.modality])
-    model = build_classifier(cfg, train.num_classes)
+    model = build_classifier(cfg.model, train.num_classes)
     meta = ModelMeta.for_dataset(cfg.model.arch, cfg.model.modality, train, cfg.data.path)
     task = ClassifierTask(model, meta, label_smoothing=cfg.optim.label_smoothing)
     return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()
