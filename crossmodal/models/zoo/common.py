@@ -17,6 +17,12 @@ class ZooModel(nn.Module):
         self.embedding_dim = embedding_dim
         self.stage_channels = list(stage_channels)  # channels of each entry of `features`, stem first
 
+    def stem_and_stages_forward(self, x: torch.Tensor) -> dict:
+        """The contract dict of a conv1 -> bn1 stem, then `self.stages`, then global average pooling (CIFAR
+        ResNets, the bottleneck ResNet-50, ShuffleNet V1)."""
+        features, preact_features = run_stem_and_stages(self.bn1(self.conv1(x)), self.stages)
+        return self._output(features, preact_features, global_avg_pool(features[-1]))
+
     def _output(self, features: list[torch.Tensor], preact_features: list[torch.Tensor], pooled: torch.Tensor) -> dict:
         """Flatten the pooled map, apply the subclass's `self.classifier` (a Linear), and pack the contract dict."""
         embedding = torch.flatten(pooled, 1)  # (B, D)

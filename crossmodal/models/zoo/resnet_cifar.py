@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.models.registry import register_model
-from crossmodal.models.zoo.common import ZooModel, global_avg_pool, init_weights, reject_params, run_stem_and_stages, shortcut
+from crossmodal.models.zoo.common import ZooModel, init_weights, reject_params, shortcut
 
 
 class BasicBlock(nn.Module):
@@ -55,10 +55,7 @@ class CifarResNet(ZooModel):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> dict:
-        preact = self.bn1(self.conv1(x))
-        features, preact_features = run_stem_and_stages(preact, self.stages)
-        x = features[-1]
-        return self._output(features, preact_features, global_avg_pool(x))
+        return self.stem_and_stages_forward(x)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

@@ -11,14 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crossmodal.models.registry import register_model
-from crossmodal.models.zoo.common import (
-    ZooModel,
-    channel_shuffle,
-    global_avg_pool,
-    init_weights,
-    reject_params,
-    run_stem_and_stages,
-)
+from crossmodal.models.zoo.common import ZooModel, channel_shuffle, init_weights, reject_params
 
 STEM_CHANNELS = 24
 
@@ -76,10 +69,7 @@ class ShuffleNetV1(ZooModel):
         init_weights(self)  # He init as the rest of the zoo (the CRD reference code left PyTorch's default here)
 
     def forward(self, x: torch.Tensor) -> dict:
-        preact = self.bn1(self.conv1(x))
-        features, preact_features = run_stem_and_stages(preact, self.stages)
-        x = features[-1]
-        return self._output(features, preact_features, global_avg_pool(x))
+        return self.stem_and_stages_forward(x)
 
 
 @register_model("ShuffleV1")
