@@ -1,4 +1,4 @@
-"""The Dataset over a prepared HDF5 file (DESIGN.md contract 2: a sample is a dict).
+"""The Dataset over a prepared HDF5 file: a sample is a dict (`docs/ARCHITECTURE.md`, "The sample dict").
 
     ds = PreparedDataset("cifar10.h5", "train", ["rgb"], augment=PairedAugment(crop=32, padding=4, hflip=True))
     ds[i] -> {"rgb": (3, 32, 32) float32, "label": int64, "index": int64 (= i, CRD's memory row)}

@@ -1,4 +1,4 @@
-"""The prepared-file schema (DESIGN.md contract 1), shared by the writer and every reader.
+"""The prepared-file schema, shared by the writer and every reader (`docs/ARCHITECTURE.md`, "Prepared data").
 
 Layout of one prepared HDF5 file::
 

@@ -1,4 +1,4 @@
-"""The training engine (DESIGN.md 5): one loop for teach, distill and finetune.
+"""The training engine: one loop for teach, distill and finetune (`docs/ARCHITECTURE.md`, "The engine and its tasks").
 
     from crossmodal.engine import Task, ModelMeta, Trainer, seed_everything, run_dir_for, load_model
 """

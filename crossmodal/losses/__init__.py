@@ -1,4 +1,4 @@
-"""Distillation losses (DESIGN.md contract 4): CRD and the other distillers, by name."""
+"""Distillation losses: CRD and the other distillers, by name (`docs/ARCHITECTURE.md`, "The distiller interface")."""
 from crossmodal.losses.base import (
     DistillSpec,
     Distiller,

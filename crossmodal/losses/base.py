@@ -1,4 +1,4 @@
-"""The distiller contract (DESIGN.md 4) and its registry.
+"""The distiller contract and its registry (`docs/ARCHITECTURE.md`, "The distiller interface").
 
 A distiller is an `nn.Module` registered by name. It is built from a `DistillSpec` (shapes of the
 student's and teacher's outputs, dataset size, train labels) plus its own keyword parameters,

@@ -1,6 +1,6 @@
 """One factory for every model: `build_model(name, in_chans, num_classes)`.
 
-Contract (DESIGN.md 3): a model maps one modality's tensor (B, C, H, W) to a dict
+Contract (`docs/ARCHITECTURE.md`, "Model outputs"): a model maps one modality's tensor (B, C, H, W) to a dict
 
     {"logits": (B, num_classes),
      "features": [ (B, C_i, H_i, W_i), ... ]   # stage outputs, stem first, post-activation
