@@ -13,6 +13,7 @@ from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.engine import load_checkpoint, load_model
 from crossmodal.engine.checkpoint import file_sha256
 from crossmodal.errors import ConfigError
+from crossmodal.losses import list_distillers
 from crossmodal.engine.teachers import TeacherInput
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
 from crossmodal.tasks.teach import run_teach
@@ -213,6 +214,15 @@ def test_config_errors_name_the_key(tmp_path, prepared, rgb_teacher):
     cfg = distill_cfg(tmp_path, prepared, [], {"ce": 1.0, "kd": 0.9})
     with pytest.raises(ConfigError, match="need a teacher"):
         run_distill(cfg)
+    known = ", ".join(list_distillers())
+    for losses, params, message in (
+            ({"zzz": 1.0}, {}, f"losses.zzz: unknown loss 'zzz' (known: {known})"),
+            ({"ce": 0.0, "kd": 0.0}, {}, "losses: every weight is 0 (ce, kd); nothing would train the student"),
+            ({"ce": 1.0}, {"crd": {"nce_k": 4}}, "loss_params.crd: 'crd' is not in `losses` (ce)")):
+        cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params)
+        with pytest.raises(ConfigError) as error:
+            run_distill(cfg)
+        assert str(error.value) == message
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {})
     with pytest.raises(ConfigError, match=r"^losses: give at least one loss, e.g. \{ce: 1, kd: 1, crd: 0.8\}$"):
         run_distill(cfg)
