@@ -194,18 +194,13 @@ class Bench:
         rec = {"name": step.record, "command": step.text, "inputs": _fingerprint(step.cmd),
                "commit": git_commit(), "machine": machine_line(), "wall_s": None if wall_s is None else round(wall_s, 1),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        if step.done.name == "summary.json":
+        key = "summary" if step.done.name == "summary.json" else "results"  # a training run, or a probe's rows
+        rec[key] = json.loads(step.done.read_text())
+        if (out_dir / "config.yaml").exists():  # a training run, or a finetune probe (a training run of its own)
             import yaml
 
             cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
-            rec.update(summary=json.loads(step.done.read_text()), config=cfg, budget=run_budget(cfg))
-        else:
-            rec["results"] = json.loads(step.done.read_text())
-            if (out_dir / "config.yaml").exists():  # a finetune: a training run of its own
-                import yaml
-
-                cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
-                rec.update(config=cfg, budget=run_budget(cfg))
+            rec.update(config=cfg, budget=run_budget(cfg))
         path = self.records_dir / f"{step.record}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
@@ -328,15 +323,16 @@ def _config_has_loss(config: str, loss: str) -> bool:
     return path.is_file() and loss in ((yaml.safe_load(path.read_text()) or {}).get("losses") or {})
 
 
-def _needed_files(cmd: list[str]) -> list[Path]:
-    """Checkpoints under runs/ that a command reads (`--checkpoint X`, `...checkpoint=X`)."""
-    needs = []
+def _paths_in(cmd: list[str]):
+    """Every path-like word of a command: its arguments, and the values of `key=value` and YAML-list overrides."""
     for token in cmd:
         value = token.split("=", 1)[1] if "=" in token else token
-        for part in value.replace("[", " ").replace("]", " ").replace(",", " ").replace("{", " ").split():
-            if part.endswith(".pt") and part.startswith("runs/"):
-                needs.append(REPO / part)
-    return needs
+        yield from value.replace("[", " ").replace("]", " ").replace(",", " ").replace("{", " ").split()
+
+
+def _needed_files(cmd: list[str]) -> list[Path]:
+    """Checkpoints under runs/ that a command reads (`--checkpoint X`, `...checkpoint=X`)."""
+    return [REPO / part for part in _paths_in(cmd) if part.endswith(".pt") and part.startswith("runs/")]
 
 
 def _fingerprint(cmd: list[str]) -> dict[str, str]:
@@ -344,12 +340,10 @@ def _fingerprint(cmd: list[str]) -> dict[str, str]:
     from crossmodal.engine.checkpoint import file_sha256
 
     found = {}
-    for token in cmd:
-        value = token.split("=", 1)[1] if "=" in token else token
-        for part in value.replace("[", " ").replace("]", " ").replace(",", " ").replace("{", " ").split():
-            path = REPO / part
-            if path.suffix in (".yaml", ".yml", ".pt") and not part.startswith("runs") and path.is_file():
-                found[part] = file_sha256(path)[:16]
+    for part in _paths_in(cmd):
+        path = REPO / part
+        if path.suffix in (".yaml", ".yml", ".pt") and not part.startswith("runs") and path.is_file():
+            found[part] = file_sha256(path)[:16]
     return found
 
 
