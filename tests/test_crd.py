@@ -13,6 +13,7 @@ from crossmodal.losses.contrast_memory import (
     ClassIndex,
     ContrastMemory,
     negatives_from_uniform,
+    nce_loss,
     sample_negatives,
     sample_shared_negatives,
     shared_negative_mask,
@@ -365,6 +366,16 @@ def test_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row():
     assert not (negatives == index[:, None]).any()
     for i, row in enumerate(index.tolist()):
         assert set(negatives[i].tolist()) == set(range(100)) - {row}
+
+
+def test_nce_loss_by_hand_where_eps_matters():
+    """K/N = 1e-6, comparable to the reference's eps 1e-7: h = P / (P + K/N + eps), 1 - h = (K/N) / (P + K/N + eps)."""
+    p_pos, p_negs, c, eps = 2e-6, (5e-7, 3e-6), 1e-6, 1e-7
+    log_p = torch.tensor([[math.log(p_pos), *map(math.log, p_negs)]], dtype=torch.float64)
+    expected = -(math.log(p_pos / (p_pos + c + eps)) + sum(math.log(c / (p + c + eps)) for p in p_negs))
+    assert nce_loss(log_p, c).item() == pytest.approx(expected, rel=1e-9)
+    masked = nce_loss(log_p, c, invalid=torch.tensor([[False, True]]))  # the second negative dropped
+    assert masked.item() == pytest.approx(expected + math.log(c / (p_negs[1] + c + eps)), rel=1e-9)
 
 
 def test_shared_negative_mask_by_hand_for_labelled_and_unlabeled_anchors():
