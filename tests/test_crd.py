@@ -431,6 +431,17 @@ def test_gradients_reach_both_heads_and_never_the_memories():
     assert not crd.memory_student.rows.requires_grad and not crd.memory_teacher.rows.requires_grad
 
 
+def test_an_int32_index_gives_the_int64_result():
+    s_emb, t_emb, index = make_batch()
+    losses, memories = [], []
+    for dtype in (torch.int64, torch.int32):
+        crd = make_crd()
+        torch.manual_seed(4)
+        losses.append(run_crd(crd, s_emb, t_emb, index.to(dtype)).item())
+        memories.append(crd.memory_student.rows.clone())
+    assert losses[0] == losses[1] and torch.equal(*memories)
+
+
 def test_memory_rows_move_only_in_training_and_stay_unit_norm():
     crd = make_crd()
     s_emb, t_emb, index = make_batch()
