@@ -299,7 +299,7 @@ class Bench:
             lines += [f"![{title}]({png.name})", ""]
         reproduce = f"python -m benchmarks.{self.module or self.name}" + (" " + shlex.join(argv) if argv else "")
         lines += [f"Reproduce: `{reproduce}`", "",
-                  "Commands it runs, in order (each skipped when its output exists):", "", "```"]
+                  "Commands it runs, in order (each skipped when its record, or its output, exists):", "", "```"]
         lines += list(dict.fromkeys(self.commands)) + ["```", ""]
         out = self.results_dir / f"{self.name}.md"
         text = "\n".join(lines)
