@@ -30,15 +30,11 @@ import time
 import warnings
 from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-import crossmodal
 from crossmodal.config import (AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig,
                                atomic_write_text)
-from crossmodal.data.schema import SCHEMA_VERSION
 from crossmodal.engine.logging import get_logger, read_metrics
 from crossmodal.losses.base import DistillSpec, OutputShapes
 from crossmodal.losses.crd import CRDLoss
@@ -46,24 +42,11 @@ from crossmodal.models import build_model
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
 from crossmodal.tasks.teach import run_teach
 
+from benchmarks.teach_throughput import synthetic_prepared
+
 BATCH = 64
 TEACHER, STUDENT = "resnet32x4", "resnet8x4"
 TARGETS = {"crd_kd_step_ms": 3.0, "crd_vs_kd": 1.10, "full_run_min": 12.0, "teach_epoch_s": 3.0}
-
-
-def synthetic_prepared(path: Path, n_train: int, n_test: int, classes: int = 100, size: int = 32) -> Path:
-    """A schema-valid prepared file of random uint8 rgb images."""
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for split, n in (("train", n_train), ("test", n_test)):
-            group = f.create_group(split)
-            group.create_dataset("rgb", data=rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8))
-            group.create_dataset("label", data=np.arange(n, dtype=np.int64) % classes)
-        f.attrs.update(schema_version=SCHEMA_VERSION, crossmodal_version=crossmodal.__version__, source="benchmark",
-                       provenance=json.dumps({"synthetic": True}),
-                       class_names=json.dumps([f"c{i}" for i in range(classes)]),
-                       stats=json.dumps({"rgb": {"mean": [0.5] * 3, "std": [0.29] * 3}}))
-    return path
 
 
 def paper_optim(epochs: int) -> OptimConfig:
