@@ -241,19 +241,24 @@ app()
     assert list(out.iterdir()) == []
 
 
+def assert_prepare_fails_leaving_nothing(tmp_path, fragment: str) -> None:
+    """`prepare` of a small image folder into an empty folder: exit 2, one error line naming `fragment`, nothing left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(app, ["prepare", "imagefolder", str(make_image_folder(tmp_path / "images")),
+                                      "--out", str(out / "x.h5")])
+    assert result.exit_code == 2
+    assert_one_error_line(result.output, fragment)
+    assert list(out.iterdir()) == []
+
+
 def test_prepare_checks_free_space_before_writing(tmp_path, monkeypatch):
     import shutil
 
     from crossmodal import tempfiles
 
     monkeypatch.setattr(tempfiles.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9, 1000))
-    out = tmp_path / "out"
-    out.mkdir()
-    result = CliRunner().invoke(app, ["prepare", "imagefolder", str(make_image_folder(tmp_path / "images")),
-                                      "--out", str(out / "x.h5")])
-    assert result.exit_code == 2
-    assert_one_error_line(result.output, "has 0 MB free")
-    assert list(out.iterdir()) == []
+    assert_prepare_fails_leaving_nothing(tmp_path, "has 0 MB free")
 
 
 def test_a_fifo_named_like_an_image_is_not_read(tmp_path):
@@ -526,10 +531,4 @@ def test_an_unwritable_output_folder_is_one_error_line(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(writer.DropWritesAfterFailure, "__init__", refuse)
-    out = tmp_path / "out"
-    out.mkdir()
-    result = CliRunner().invoke(app, ["prepare", "imagefolder", str(make_image_folder(tmp_path / "images")),
-                                      "--out", str(out / "x.h5")])
-    assert result.exit_code == 2
-    assert_one_error_line(result.output, "writing failed (Permission denied)")
-    assert list(out.iterdir()) == []
+    assert_prepare_fails_leaving_nothing(tmp_path, "writing failed (Permission denied)")
