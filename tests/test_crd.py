@@ -502,9 +502,163 @@ def test_registered_as_crd_and_bad_settings_are_one_line_config_errors():
     assert relax.classes is None
 
 
+# ------------------------------------------------------------ half-precision memory rows (memory_dtype)
+# Unit roundoff u of the stored type: round-to-nearest changes a number x by at most u |x|, so a stored vector
+# by at most u times its L2 norm.
+UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+# What float32 arithmetic adds on top, per step: the float32 test's own tolerances (rows atol 2e-6, loss
+# rel 2e-5, Z rel 1e-5 in train_against_reference).
+FP32_ROW, FP32_LOSS_REL, FP32_Z_REL = 2e-6, 2e-5, 1e-5
+
+
+def nce_step_bound(logits, log_z, noise_ratio, delta, dz):
+    """Bound on |loss(module) - loss(reference)| for one side of a step (rigorous, from the per-logit errors).
+
+    The side's loss is (1/B) sum over its (B, K+1) logits of g(l - log Z), with g(x) = softplus(log(c + eps) - x)
+    for the positive and softplus(x - log(c + eps)) + const for a negative (nce_loss); both have |g'| = 1 - h resp.
+    h (h = sigmoid(x - log(c + eps)), the critic) and g'' = h (1 - h) <= 1/4. With each logit off by at most
+    delta (B, K+1) and log Z by dz, Taylor's remainder gives |dg| <= |g'| d + d^2 / 8, d = delta + dz."""
+    x = logits - log_z
+    h = torch.sigmoid(x - math.log(noise_ratio + EPS))
+    slope = torch.cat([1 - h[:, :1], h[:, 1:]], dim=1)
+    d = delta + dz
+    return (slope * d + d * d / 8).sum().item() / logits.shape[0]
+
+
+def train_half_rows_against_reference(crd, reference, labels, unit, steps=24, batch_size=16, lr=2.0, seed=5):
+    """Train `crd` (half rows) against `reference` (the float32 algorithm in float64, exact rows) for `steps` SGD
+    steps; the reference follows the module's heads. Each row carries a bound e on ||row_module - row_exact||_2:
+    u ||r0|| after the rounded init; after a write of v = m r + (1 - m) f (the exact v* has norm |v*|),
+    e' = m e / (|v*| - m e) (normalisation is 1/|v|-Lipschitz along the segment from v* to v) + u (rounding the
+    unit row) + FP32_ROW. A logit is off by at most (e_row + FP32_ROW) / tau, the frozen log Z by the largest
+    logit error of the first batch (log-mean-exp is 1-Lipschitz), and the loss by nce_step_bound.
+    Returns (losses, largest row error / its bound, largest loss error / its bound)."""
+    num_rows, tau, m = labels.numel(), reference.tau, reference.momentum
+    g = torch.Generator().manual_seed(seed)
+    params = list(crd.parameters())
+    recorded = []
+    draw = crd.draw_negatives
+    crd.draw_negatives = lambda index: recorded.append(draw(index)) or recorded[-1]
+    bounds = [unit * mem.norm(dim=1) for mem in (reference.mem_s, reference.mem_t)]  # rounded initial rows
+    dz = [None, None]
+    losses, row_ratio, loss_ratio = [], 0.0, 0.0
+    for step in range(steps):
+        index = torch.randperm(num_rows, generator=g)[:batch_size]
+        s_emb, t_emb = torch.randn(batch_size, S_DIM, generator=g), torch.randn(batch_size, T_DIM, generator=g)
+        recorded.clear()
+        crd.zero_grad()
+        f_s, f_t = reference_heads(crd, s_emb, t_emb)
+        loss = run_crd(crd, s_emb, t_emb, index)
+        (negatives,) = recorded
+        columns = torch.cat([index[:, None], negatives], dim=1)  # (B, K+1)
+        before = (reference.mem_s.clone(), reference.mem_t.clone())
+        loss_bound = 0.0
+        # Student anchors meet the teacher memory (bounds[1]), teacher anchors the student memory (bounds[0]).
+        for side, (anchors, memory, bound) in enumerate(((f_s, before[1], bounds[1]), (f_t, before[0], bounds[0]))):
+            logits = (anchors @ memory.T).gather(1, columns) / tau  # (B, K+1), exact
+            delta = (bound[columns] + FP32_ROW) / tau
+            if dz[side] is None:  # the first batch sets the frozen Z
+                dz[side] = delta.max().item()
+                log_z = torch.logsumexp(logits.flatten(), 0) - math.log(logits.numel()) + math.log(num_rows)
+            else:
+                log_z = torch.tensor(math.log(reference.z[side]), dtype=torch.float64)
+            loss_bound += nce_step_bound(logits, log_z, negatives.shape[1] / num_rows, delta, dz[side])
+        expected = reference.step(f_s, f_t, index, negatives)
+        loss.backward()
+        error, allowed = abs(loss.item() - expected.item()), loss_bound + FP32_LOSS_REL * abs(expected.item())
+        assert error <= allowed, f"step {step}: loss off by {error:.3g}, bound {allowed:.3g}"
+        loss_ratio = max(loss_ratio, error / allowed)
+        for side, (z, expected_z) in enumerate(((crd.z_student_anchor, reference.z[0]),
+                                               (crd.z_teacher_anchor, reference.z[1]))):
+            assert abs(z.log_z.item() - math.log(expected_z)) <= dz[side] + FP32_Z_REL, f"step {step}"
+        # The rows' bounds after the write, then the module's rows against the exact ones.
+        for old, bound, f in ((before[0], bounds[0], f_s), (before[1], bounds[1], f_t)):
+            mixed_norm = (m * old[index] + (1 - m) * f).norm(dim=1)  # |v*|
+            carried = m * bound[index]
+            assert (carried < mixed_norm).all()  # the segment from v* to v stays away from 0
+            bound[index] = carried / (mixed_norm - carried) + unit * (1 + FP32_ROW) + FP32_ROW
+        for memory, exact, bound in ((crd.memory_student, reference.mem_s, bounds[0]),
+                                     (crd.memory_teacher, reference.mem_t, bounds[1])):
+            error = (memory.rows.double() - exact).norm(dim=1)  # (N,)
+            assert (error <= bound).all(), f"step {step}: row off by {(error - bound).max():.3g} over its bound"
+            row_ratio = max(row_ratio, (error / bound).max().item())
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad
+        losses.append(loss.item())
+    crd.draw_negatives = draw
+    return losses, row_ratio, loss_ratio
+
+
+@pytest.mark.parametrize("memory_dtype, score_all_rows", [("float16", True), ("float16", False),
+                                                          ("bfloat16", True)])
+def test_half_memory_rows_stay_within_their_rounding_bound_of_the_reference_over_24_steps(memory_dtype, score_all_rows):
+    """memory_dtype float16/bfloat16 against the per-sample float32 algorithm (exact rows): rows, Z and loss stay
+    within the bounds that the half type's rounding implies (train_half_rows_against_reference), step by step."""
+    labels = long_run_labels()
+    params = dict(feat_dim=128, nce_k=40, nce_t=0.07, nce_m=0.5, z_estimate="frozen")
+    torch.manual_seed(2)
+    exact = build_distiller("crd", make_spec(labels, num_rows=64), **params)  # float32 rows: the reference's
+    torch.manual_seed(2)
+    crd = build_distiller("crd", make_spec(labels, num_rows=64), memory_dtype=memory_dtype, **params)
+    dtype = getattr(torch, memory_dtype)
+    assert crd.memory_student.rows.dtype == dtype and crd.memory_bytes() == 2 * 64 * 128 * dtype.itemsize
+    assert torch.equal(crd.memory_teacher.rows, exact.memory_teacher.rows.to(dtype))  # the same draws, rounded
+    for memory in (crd.memory_student, crd.memory_teacher):
+        memory.score_all_rows = score_all_rows
+    reference = ReferenceCRD(exact, tau=0.07, momentum=0.5, z_estimate="frozen", num_rows=64)
+    unit = UNIT_ROUNDOFF[memory_dtype]
+    losses, row_ratio, loss_ratio = train_half_rows_against_reference(crd, reference, labels, unit)
+    assert len(set(losses)) == len(losses)
+    assert crd.memory_student.rows.dtype == dtype  # still half after 24 writes
+    # The rows did round (the comparison is not vacuous): some row is off by more than a tenth of its bound.
+    print(f"{memory_dtype}: largest row error / bound {row_ratio:.3f}, loss error / bound {loss_ratio:.3f}")
+    assert row_ratio > 0.1 and loss_ratio < 1
+
+
+def test_half_memory_is_a_config_choice_and_checkpoints_keep_half_rows(tmp_path):
+    with pytest.raises(ConfigError, match="memory_dtype='float8'"):
+        make_crd(memory_dtype="float8")
+    crd = make_crd(memory_dtype="float16")
+    for seed in (1, 2):
+        run_crd(crd, *make_batch(seed=seed)).backward()
+    torch.save({"task": crd.state_dict()}, tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["task"]
+    assert state["memory_student.rows"].dtype == torch.float16
+    restored = make_crd(seed=99, memory_dtype="float16")
+    restored.load_state_dict(state)
+    s_emb, t_emb, index = make_batch(seed=3)
+    torch.manual_seed(7)
+    expected = run_crd(crd, s_emb, t_emb, index)
+    torch.manual_seed(7)
+    assert run_crd(restored, s_emb, t_emb, index).item() == expected.item()
+    assert torch.equal(restored.memory_teacher.rows, crd.memory_teacher.rows)
+    note = make_crd().state_note()
+    assert note == "crd: memories 2 x 300 rows x 16 float32 = 0.00 GB; loss_params.crd.memory_dtype: float16 halves it"
+
+
+def test_memory_size_note_at_imagenet_scale():
+    """2 x 1,281,167 x 128 x 4 bytes = 1.31 GB at float32 (the reference's), half that at float16."""
+    shapes = lambda d: OutputShapes(features=[], preact_features=[], embedding=d, num_classes=1000)  # noqa: E731
+    spec = DistillSpec(shapes(512), shapes(512), 1_281_167, 1000, None)
+    notes = []
+    for memory_dtype, size in (("float32", 4), ("float16", 2)):
+        with torch.device("meta"):  # shapes and dtypes only: no 1.3 GB allocated
+            crd = CRDLoss(spec, mode="relax", memory_dtype=memory_dtype)
+        assert crd.memory_bytes() == 2 * 1_281_167 * 128 * size
+        notes.append(crd.state_note())
+    assert notes == ["crd: memories 2 x 1,281,167 rows x 128 float32 = 1.31 GB; "
+                     "loss_params.crd.memory_dtype: float16 halves it",
+                     "crd: memories 2 x 1,281,167 rows x 128 float16 = 0.66 GB"]
+
+
 # --------------------------------------------------------------------------------------------------- DDP
 DDP_SETTINGS = [dict(mode="exact", negatives="per_sample", z_estimate="ema"),
-                dict(mode="relax", negatives="shared", z_estimate="frozen")]
+                dict(mode="relax", negatives="shared", z_estimate="frozen"),
+                dict(mode="exact", negatives="per_sample", z_estimate="frozen", memory_dtype="float16")]
+# One float16 ulp of a number below 1 in magnitude (a unit row's entries): a last-bit difference in the float32
+# update (a product summed in another order on 1 rank and on 2) may round to the neighbouring float16.
+HALF_ULP_BELOW_ONE = 2.0 ** -11
 
 
 def ddp_step(settings, rank, world):
@@ -536,23 +690,29 @@ def _ddp_worker(rank, world, init_file, out_file):
         # Each rank's loss averages b = B / world anchors, so its input gradients are world times the global ones.
         results.append({"loss": loss, "grads": grads, "input_grad": torch.cat(parts) / world,
                         "state": crd.state_dict()})
-    if rank == 0:
-        torch.save(results, out_file)
+    torch.save(results, f"{out_file}.{rank}")  # every rank's: their states must be identical
     dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
     world = 2
     mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=world)
-    results = torch.load(tmp_path / "out.pt", weights_only=False)
-    for settings, result in zip(DDP_SETTINGS, results):
+    results, other_rank = (torch.load(tmp_path / f"out.pt.{rank}", weights_only=True) for rank in range(world))
+    for settings, result, other in zip(DDP_SETTINGS, results, other_rank):
+        for key, value in result["state"].items():  # memories, Z and class buffers: the same on every rank
+            assert value.dtype == other["state"][key].dtype and torch.equal(value, other["state"][key]), key
         loss, grads, input_grad, crd = ddp_step(settings, 0, 1)
         assert result["loss"].item() == pytest.approx(loss.item(), rel=1e-5), settings
         for ours, single in zip(result["grads"], grads):
             torch.testing.assert_close(ours, single, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(result["input_grad"], input_grad, rtol=1e-4, atol=1e-6)
+        half = settings.get("memory_dtype") == "float16"
         for key, value in crd.state_dict().items():
-            torch.testing.assert_close(result["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+            atol = HALF_ULP_BELOW_ONE if half and key.endswith(".rows") else 1e-6
+            torch.testing.assert_close(result["state"][key], value, rtol=1e-5, atol=atol, msg=key)
+            assert result["state"][key].dtype == value.dtype
+        if half:
+            assert result["state"]["memory_student.rows"].dtype == torch.float16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: host syncs only show on a GPU")

@@ -98,3 +98,7 @@ class Task(nn.Module):
     def checkpoint_meta(self) -> dict:
         """Extra, plain-data information saved in checkpoints (e.g. teacher hashes)."""
         return {}
+
+    def start_notes(self) -> list[str]:
+        """Lines the engine logs (on the main process) when the run starts, e.g. the size of a loss's state."""
+        return []

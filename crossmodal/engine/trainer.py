@@ -320,6 +320,8 @@ class Trainer:
                      f"{self.dist.world_size}{ddp}, {self.steps_per_epoch} steps/epoch, run dir {self.run_dir}")
             log.info(f"{cfg.name}: device-resident data {'on' if self.device_resident else 'off'} "
                      f"({self.device_resident_why}); CUDA graph {'on' if self.capture else 'off'} ({self.capture_why})")
+            for note in self.task.start_notes():
+                log.info(f"{cfg.name}: {note}")
         # A resumed run drops the TensorBoard events logged after its checkpoint.
         purge_step = start_epoch * self.steps_per_epoch + 1 if start_epoch else None
         logger = RunLogger(self.run_dir, enabled=is_main, purge_step=purge_step)

@@ -98,6 +98,10 @@ class Distiller(nn.Module):
     def check_training_split(self, num_samples: int) -> None:
         """Raise ConfigError when a training split of `num_samples` rows cannot serve this loss (any can, here)."""
 
+    def state_note(self) -> Optional[str]:
+        """A line for the run's log about this loss's state when it is worth knowing (CRD: its memories' size)."""
+        return None
+
     def init_parameters(self):
         """Parameters trained by the init stage (empty unless init_epochs > 0)."""
         return []

@@ -37,6 +37,16 @@ In "exact", anchors whose training label is -1 (unlabeled) fall back to "relax".
 anchor, its own row and (in "exact") its class's rows; the scores become one (B, D) x (D, K) matmul.
 The NCE keeps the K/N noise ratio, so an "exact" anchor sees about K (1 - n_c / N) negatives.
 
+Memory storage (`memory_dtype`): the two memories hold 2 x N x feat_dim numbers, 1.31 GB in float32 for
+ImageNet's N = 1,281,167 rows at feat_dim 128 (the reference's storage, our default). "float16" or "bfloat16"
+stores the rows in half precision (656 MB for both): the rows a step reads are converted to float32, the
+scores, the loss and the momentum update are computed in float32, and the updated rows are rounded once when
+written back. A stored row then differs from the float32 run's by about the half type's unit roundoff
+(2^-11 for float16, 2^-8 for bfloat16) per write, so the scores move by at most about that much, divided by
+tau (tests/test_crd.py derives the bound and checks it over 24 steps). float16 keeps 3 more mantissa bits
+than bfloat16 and unit rows never approach its range limits; it is the one to use. This is an option, not
+the paper's algorithm.
+
 Distributed (DDP): every rank draws the negatives for the global batch and keeps its slice, the memories are
 updated with the embeddings and indices of all ranks (gathered in rank order), and Z estimates are averaged
 over ranks, so every rank's state stays identical and equal to one process on the global batch. This assumes
@@ -67,6 +77,8 @@ from crossmodal.losses.contrast_memory import (
     shared_negative_mask,
 )
 
+MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 class EmbedHead(nn.Module):
     """Linear projection to feat_dim followed by L2 normalisation (the paper's g_S / g_T)."""
@@ -89,9 +101,11 @@ class CRDLoss(Distiller):
 
     def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
                  nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "frozen",
-                 z_momentum: float = 0.99, negatives: str = "per_sample", positive: str = "memory"):
+                 z_momentum: float = 0.99, negatives: str = "per_sample", positive: str = "memory",
+                 memory_dtype: str = "float32"):
         super().__init__(spec)
         check_choice("mode", mode, ("exact", "relax"))
+        check_choice("memory_dtype", memory_dtype, tuple(MEMORY_DTYPES))
         check_choice("objective", objective, ("nce", "infonce"))
         check_choice("z_estimate", z_estimate, ("ema", "frozen"))
         check_choice("negatives", negatives, ("per_sample", "shared"))
@@ -107,12 +121,13 @@ class CRDLoss(Distiller):
             raise ConfigError(f"crd: nce_m={nce_m} and z_momentum={z_momentum} must be in [0, 1)")
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = int(feat_dim), int(nce_k), float(nce_t), float(nce_m)
         self.mode, self.objective, self.negatives, self.positive = mode, objective, negatives, positive
-        self.num_rows = num_rows
+        self.num_rows, self.memory_dtype = num_rows, memory_dtype
 
         self.embed_student = EmbedHead(spec.student.embedding, self.feat_dim)
         self.embed_teacher = EmbedHead(spec.teacher.embedding, self.feat_dim)
-        self.memory_student = ContrastMemory(num_rows, self.feat_dim, self.nce_m)
-        self.memory_teacher = ContrastMemory(num_rows, self.feat_dim, self.nce_m)
+        dtype = MEMORY_DTYPES[memory_dtype]
+        self.memory_student = ContrastMemory(num_rows, self.feat_dim, self.nce_m, dtype=dtype)
+        self.memory_teacher = ContrastMemory(num_rows, self.feat_dim, self.nce_m, dtype=dtype)
         self.z_student_anchor = PartitionEstimate(z_estimate, z_momentum)
         self.z_teacher_anchor = PartitionEstimate(z_estimate, z_momentum)
         self.classes = self._class_index(spec) if mode == "exact" else None
@@ -123,6 +138,16 @@ class CRDLoss(Distiller):
             raise ConfigError(f"loss_params.crd.nce_k={self.nce_k} is not below the {num_samples} samples of the "
                               f"training split; set it below {num_samples} (e.g. --set loss_params.crd.nce_k="
                               f"{max(1, num_samples // 2)})")
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the two memory banks (2 x N x feat_dim x the stored dtype's size)."""
+        return sum(m.rows.numel() * m.rows.element_size() for m in (self.memory_student, self.memory_teacher))
+
+    def state_note(self) -> str:
+        """One line for the run's log: the memories' size, e.g. 2 x 1,281,167 x 128 float32 = 1.31 GB."""
+        hint = "; loss_params.crd.memory_dtype: float16 halves it" if self.memory_dtype == "float32" else ""
+        return (f"crd: memories 2 x {self.num_rows:,} rows x {self.feat_dim} {self.memory_dtype} = "
+                f"{self.memory_bytes() / 1e9:.2f} GB{hint}")
 
     def _class_index(self, spec: DistillSpec) -> ClassIndex:
         """Class buffers for `exact` sampling, checked against the memory size."""
@@ -189,4 +214,4 @@ class CRDLoss(Distiller):
         """Key settings, shown by print(module)."""
         return (f"num_rows={self.num_rows}, feat_dim={self.feat_dim}, nce_k={self.nce_k}, nce_t={self.nce_t}, "
                 f"nce_m={self.nce_m}, mode={self.mode!r}, objective={self.objective!r}, negatives={self.negatives!r}, "
-                f"positive={self.positive!r}")
+                f"positive={self.positive!r}, memory_dtype={self.memory_dtype!r}")

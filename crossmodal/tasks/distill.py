@@ -110,6 +110,10 @@ class DistillTask(Task):
             "losses": dict(self.weights),
         }
 
+    def start_notes(self) -> list[str]:
+        notes = (m.state_note() for ml in self.losses.values() for m in ml)
+        return [note for note in notes if note]
+
 
 class InitStageTask(Task):
     """The init stage of AB/FT/FSP: the sum of their `init_loss`, training only what they name."""
