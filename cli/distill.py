@@ -1,14 +1,27 @@
 """`crossmodal distill CONFIG`: train a student from frozen teachers (CRD, KD and the other distillers)."""
 from __future__ import annotations
 
-import os
-
 import click
 
-from cli.options import run_options
+from cli.options import run_config, run_options
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _DistillCommand(click.Command):
+    """`distill --help` names the registered losses, read from the registry when the help is shown
+    (so `crossmodal --help` does not import the losses)."""
+
+    def format_help_text(self, ctx, formatter):
+        from crossmodal.losses import list_distillers
+
+        template = self.help
+        self.help = template.replace("{losses}", " ".join(list_distillers()))
+        try:
+            super().format_help_text(ctx, formatter)
+        finally:
+            self.help = template
+
+
+@click.command(cls=_DistillCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @run_options
 def distill(config, overrides, resume):
     """Distill the teachers named in CONFIG into a student (compression, cross-modal, ensemble).
@@ -18,23 +31,13 @@ def distill(config, overrides, resume):
     and the weighted losses (`losses: {ce: 1, kd: 1, crd: 0.8}`; a null weight takes the method's
     reference default) with their parameters (`loss_params: {crd: {nce_k: 4096}}`).
     Teachers are frozen in eval mode; the student's checkpoint records each teacher's path and
-    sha256. Writes <out_dir>/<name>/ like `teach`. Losses: ce kd crd fitnet at sp cc vid rkd pkt ab ft fsp nst.
+    sha256. Writes <out_dir>/<name>/ like `teach`. Losses: {losses}.
 
     \b
     Examples:
       crossmodal distill configs/cpu/cifar10_resnet20_resnet8_crd.yaml
       crossmodal distill CONFIG --set losses.crd=1.0 --set loss_params.crd.nce_k=4096
     """
-    from crossmodal.config import load_config
-    from crossmodal.engine.distributed import cleanup_distributed
     from crossmodal.tasks.distill import DistillConfig, run_distill
 
-    cfg = load_config(config, DistillConfig, overrides)
-    try:
-        summary = run_distill(cfg, resume=resume)
-    finally:
-        cleanup_distributed()
-    if os.environ.get("RANK", "0") == "0":
-        from cli.options import summary_line
-
-        click.echo(summary_line(cfg.name, summary))
+    run_config(config, overrides, resume, DistillConfig, run_distill)

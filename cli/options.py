@@ -90,6 +90,19 @@ def configure_logging() -> None:
     get_logger().setLevel(logging.INFO)
 
 
+def run_config(config, overrides, resume, schema, run) -> None:
+    """Load CONFIG into `schema`, `run` it (the task joins and leaves a torchrun job itself), print one summary line.
+
+    Under torchrun only rank 0 prints, so a job prints one line however many processes it has."""
+    from crossmodal.config import load_config
+    from crossmodal.engine.distributed import launch_rank
+
+    cfg = load_config(config, schema, overrides)
+    summary = run(cfg, resume=resume)
+    if launch_rank() == 0:
+        click.echo(summary_line(cfg.name, summary))
+
+
 def summary_line(name: str, summary: dict) -> str:
     """The one line a finished run prints: best test top-1 (when there is a test split) and where it wrote."""
     if summary["best_test_top1"] is None:

@@ -1,11 +1,9 @@
 """`crossmodal teach CONFIG`: train a supervised classifier (teacher or baseline) on one modality."""
 from __future__ import annotations
 
-import os
-
 import click
 
-from cli.options import run_options
+from cli.options import run_config, run_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,16 +19,7 @@ def teach(config, overrides, resume):
     Example:
       crossmodal teach configs/cpu/cifar10_resnet20.yaml --epochs 2 --set engine.max_steps_per_epoch=20
     """
-    from crossmodal.config import TeachConfig, load_config
-    from crossmodal.engine.distributed import cleanup_distributed
+    from crossmodal.config import TeachConfig
     from crossmodal.tasks.teach import run_teach
 
-    cfg = load_config(config, TeachConfig, overrides)
-    try:
-        summary = run_teach(cfg, resume=resume)
-    finally:
-        cleanup_distributed()
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
-        from cli.options import summary_line
-
-        click.echo(summary_line(cfg.name, summary))
+    run_config(config, overrides, resume, TeachConfig, run_teach)

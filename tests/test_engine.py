@@ -387,6 +387,52 @@ def test_ddp_matches_single_process(tmp_path, nproc):
     assert json.loads((tmp_path / "ddp" / "run" / "summary.json").read_text())["world_size"] == nproc
 
 
+def _torchrun_env(monkeypatch) -> None:
+    """The environment torchrun gives a 1-process job, on a free local port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_run_teach_owns_the_process_group_it_joins(tmp_path, monkeypatch):
+    """Under torchrun, run_teach joins the job and leaves it when it returns (and when it fails), so a Python
+    caller is cleaned up like the CLI; a group the caller joined first is the caller's and stays."""
+    from crossmodal.engine.distributed import launch_rank
+    from crossmodal.tasks.teach import run_teach
+
+    data = make_prepared(tmp_path)
+    assert launch_rank() == 0 and not torch.distributed.is_initialized()
+    _torchrun_env(monkeypatch)
+    summary = run_teach(make_cfg(data, tmp_path / "a", epochs=1))
+    assert summary["world_size"] == 1  # the DDP path ran
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(ConfigError):  # fails after joining (the run folder exists): left all the same
+        run_teach(make_cfg(data, tmp_path / "a", epochs=1))
+    assert not torch.distributed.is_initialized()
+    torch.distributed.init_process_group("gloo", init_method="env://")
+    try:
+        run_teach(make_cfg(data, tmp_path / "b", epochs=1))
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_launch_rank_reads_torchrun_environment_only_when_launched(monkeypatch):
+    from crossmodal.engine.distributed import launch_rank
+
+    monkeypatch.setenv("RANK", "3")  # a stray RANK without the rest of torchrun's environment
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert launch_rank() == 0
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert launch_rank() == 3
+
+
 def _ddp_worker(data: str, out_dir: str) -> None:
     """Body of one torchrun process: check the gather helper, then train like the single-process run."""
     register_tiny_models()

@@ -51,6 +51,24 @@ def test_help_documents_every_option():
         assert flag in text and key in text, flag
 
 
+def test_distill_help_lists_the_registered_losses_exactly():
+    """The list in `distill --help` is read from the registry: a new distiller appears without editing the help."""
+    from crossmodal.losses import list_distillers
+    from crossmodal.losses.base import DISTILLERS
+
+    def listed() -> list[str]:
+        result = CliRunner().invoke(app, ["distill", "--help"])
+        assert result.exit_code == 0
+        return " ".join(result.output.split()).split("Losses: ", 1)[1].split(".", 1)[0].split()
+
+    assert listed() == list_distillers() and "crd" in listed()
+    DISTILLERS["zz_test_loss"] = DISTILLERS["kd"]
+    try:
+        assert listed()[-1] == "zz_test_loss"
+    finally:
+        del DISTILLERS["zz_test_loss"]
+
+
 def test_config_errors_exit_2_with_one_line(tmp_path, make_prepared):
     config = write_config(tmp_path, make_prepared())
     result = CliRunner().invoke(app, ["teach", str(config), "--set", "optim.momentun=0.8"])

@@ -15,6 +15,7 @@ work (as no-ops) in a single process live one floor down, in crossmodal.distribu
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -22,7 +23,6 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from crossmodal.distributed import all_reduce_sum  # noqa: F401  (re-exported: the trainer imports it from here)
 from crossmodal.errors import ConfigError
 
 
@@ -65,6 +65,30 @@ def cleanup_distributed() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_job(device: torch.device):
+    """Join the torchrun job for the length of a task (`run_teach`, `run_distill`) and leave it afterwards.
+
+    The task entry points own the process group, so a Python user under torchrun is cleaned up
+    exactly like the CLI. A group that was already joined when the block starts (by the caller) is
+    the caller's: it is used and left in place. Outside torchrun this is a no-op.
+    """
+    joined_here = launched_by_torchrun() and not dist.is_initialized()
+    try:
+        yield init_distributed(device)
+    finally:
+        if joined_here:
+            cleanup_distributed()
+
+
+def launch_rank() -> int:
+    """This process's rank in the torchrun job (0 outside one), from torchrun's environment.
+
+    Readable before a process group is joined and after it is left (e.g. to print one line per job).
+    """
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

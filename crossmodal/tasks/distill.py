@@ -30,7 +30,8 @@ import torch.nn as nn
 from crossmodal.config import REQUIRED, Bound, ModelConfig, RunConfig, above, at_least
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
-from crossmodal.engine import ModelMeta, Task, Trainer, run_dir_for, seed_everything
+from crossmodal.engine import ModelMeta, Task, Trainer, resolve_device, run_dir_for, seed_everything
+from crossmodal.engine.distributed import distributed_job
 from crossmodal.engine.teachers import FrozenTeacher, TeacherCheckpoint, freeze_teachers, read_teachers
 from crossmodal.errors import ConfigError
 from crossmodal.losses import DistillSpec, OutputShapes, build_distiller, get_distiller, output_shapes
@@ -212,7 +213,8 @@ def build_distill_datasets(cfg: DistillConfig, teachers: Optional[list[TeacherCh
                             preload=cfg.data.preload, labeled_only=False, seed=cfg.seed)
     # Rows labelled -1 are ignored by the engine's evaluation, so the split is read once, as it is.
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, [cfg.student.modality],
-                           preload=cfg.data.preload, seed=cfg.seed)
+                           augment=PairedAugment.eval_from_config(cfg.data.eval_augment), preload=cfg.data.preload,
+                           seed=cfg.seed)
     if not (test.labels >= 0).any():
         # RGB-D frames carry no image label: no test accuracy; `crossmodal probe dense` evaluates the student.
         log.info(f"{cfg.data.path}: split {cfg.data.test_split!r} has no labels; training without test accuracy")
@@ -259,11 +261,14 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
 
 
 def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
-    """Distill cfg.teachers into cfg.student on cfg.data (continuing <run>/last.pt if `resume`); return the summary."""
-    seed_everything(cfg.seed)
+    """Distill cfg.teachers into cfg.student on cfg.data (continuing <run>/last.pt if `resume`); return the summary.
+
+    Under torchrun the run joins the process group and leaves it when it ends (distributed_job)."""
     resolve_weights(cfg)  # a config error is reported before any file is read
-    teachers = read_teachers(cfg.teachers)  # each checkpoint once: weights, metadata and sha256
-    train, test = build_distill_datasets(cfg, teachers)
-    task = build_distill_task(cfg, train, teachers)
-    run_init_stage(cfg, task, train, test, resume)
-    return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()
+    with distributed_job(resolve_device(cfg.engine.device)):
+        seed_everything(cfg.seed)
+        teachers = read_teachers(cfg.teachers)  # each checkpoint once: weights, metadata and sha256
+        train, test = build_distill_datasets(cfg, teachers)
+        task = build_distill_task(cfg, train, teachers)
+        run_init_stage(cfg, task, train, test, resume)
+        return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()

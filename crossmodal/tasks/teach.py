@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from crossmodal.config import ModelConfig, TeachConfig
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
-from crossmodal.engine import ModelMeta, Task, Trainer, run_dir_for, seed_everything
+from crossmodal.engine import ModelMeta, Task, Trainer, resolve_device, run_dir_for, seed_everything
+from crossmodal.engine.distributed import distributed_job
 from crossmodal.errors import ConfigError
 from crossmodal.modalities import in_chans
 from crossmodal.models import build_model
@@ -44,7 +45,8 @@ def build_datasets(cfg: TeachConfig, modalities: list[str], labeled_only: bool =
     train_augment = PairedAugment.from_config(cfg.data.augment)
     common = dict(modalities=modalities, preload=cfg.data.preload, labeled_only=labeled_only, seed=cfg.seed)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=train_augment, **common)
-    test = PreparedDataset(cfg.data.path, cfg.data.test_split, augment=None, **common)
+    test = PreparedDataset(cfg.data.path, cfg.data.test_split, augment=PairedAugment.eval_from_config(
+        cfg.data.eval_augment), **common)
     return train, test
 
 
@@ -60,10 +62,13 @@ def build_classifier(model: ModelConfig, num_classes: int, key: str = "model") -
 
 
 def run_teach(cfg: TeachConfig, resume: bool = False) -> dict:
-    """Train cfg.model on cfg.data (continuing runs/<name>/last.pt if `resume`); return the run summary."""
-    seed_everything(cfg.seed)
-    train, test = build_datasets(cfg, [cfg.model.modality])
-    model = build_classifier(cfg.model, train.num_classes)
-    meta = ModelMeta.for_dataset(cfg.model.arch, cfg.model.modality, train, cfg.data.path)
-    task = ClassifierTask(model, meta, label_smoothing=cfg.optim.label_smoothing)
-    return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()
+    """Train cfg.model on cfg.data (continuing runs/<name>/last.pt if `resume`); return the run summary.
+
+    Under torchrun the run joins the process group and leaves it when it ends (distributed_job)."""
+    with distributed_job(resolve_device(cfg.engine.device)):
+        seed_everything(cfg.seed)
+        train, test = build_datasets(cfg, [cfg.model.modality])
+        model = build_classifier(cfg.model, train.num_classes)
+        meta = ModelMeta.for_dataset(cfg.model.arch, cfg.model.modality, train, cfg.data.path)
+        task = ClassifierTask(model, meta, label_smoothing=cfg.optim.label_smoothing)
+        return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()
