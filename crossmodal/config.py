@@ -250,11 +250,7 @@ def _check_size(raw, source: str) -> None:
 def load_config(path: str | Path, schema_cls: type[T], overrides: Iterable = ()) -> T:
     """Read YAML `path`, apply `overrides` ('a.b=c' strings or (key, value) pairs), validate into `schema_cls`."""
     path = Path(path)
-    raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    raw = read_config_file(path, schema_cls)
     for key, value in (parse_override(o) for o in overrides):
         where = f"--set {key}"
         converted = _convert(check_key_path(schema_cls, key, where), value, where, key)  # errors name the override
@@ -263,6 +259,71 @@ def load_config(path: str | Path, schema_cls: type[T], overrides: Iterable = ())
     if "name" in _fields(schema_cls) and not raw.get("name"):
         raw["name"] = path.stem
     return from_dict(schema_cls, raw, source=str(path))
+
+
+BASE_KEY = "base"  # a config may name a recipe it extends: `base: ../recipes/cifar100.yaml`
+MAX_BASE_DEPTH = 8
+
+
+def read_config_file(path: str | Path, schema_cls: type, _chain: tuple = ()) -> dict:
+    """The mapping config file `path` holds, with the recipe it extends (its `base:` key) merged under it.
+
+    `base` is a path relative to the file naming it; a base may extend another. Sections (the
+    nested dataclasses: data, optim, ...) merge key by key, the extending file winning; any other
+    value, a list or a mapping such as `losses`, replaces the base's whole. Each file's keys and
+    values are checked against `schema_cls` on their own, so an error names the file that holds the
+    culprit; the extending file's keys and the required keys are checked once everything is merged."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    base = raw.pop(BASE_KEY, None)
+    if _chain:  # a recipe: checked here so errors name it (the extending file is checked once merged)
+        check_partial(schema_cls, raw, str(path))
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: {BASE_KEY!r} must be the path of the config it extends, got {_show(base)}")
+    base_path = path.parent / base
+    chain = _chain + (path.resolve(),)
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{path}: {BASE_KEY} {base!r} extends itself (through {' -> '.join(p.name for p in chain)})")
+    if len(chain) > MAX_BASE_DEPTH:
+        raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} nested bases; flatten the recipe")
+    if not base_path.exists():
+        raise ConfigError(f"{path}: {BASE_KEY} {base!r}: no such file ({base_path}; relative to the config's folder)")
+    return merge_sections(schema_cls, read_config_file(base_path, schema_cls, chain), raw)
+
+
+def check_partial(cls, data: dict, source: str, prefix: str = "") -> None:
+    """Check the keys and values `data` holds against dataclass `cls`, without asking for required keys."""
+    fields = _fields(cls)
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r}{_hint(key, fields, prefix)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            check_partial(tp, value, source, prefix + name + ".")
+        else:
+            check_bound(cls, name, _convert(tp, value, source, prefix + name), source, prefix + name)
+
+
+def merge_sections(cls, base: dict, child: dict) -> dict:
+    """`base` updated by `child`: sections (nested dataclasses) merge key by key, other values replace."""
+    hints = typing.get_type_hints(cls)
+    merged = dict(base)
+    for key, value in child.items():
+        tp = hints.get(key)
+        if (tp is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict)
+                and isinstance(merged.get(key), dict)):
+            merged[key] = merge_sections(tp, merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_override(override) -> tuple[str, Any]:

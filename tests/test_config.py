@@ -184,3 +184,58 @@ def test_cifar100_configs_follow_the_paper(path):
     a = cfg.data.augment
     assert (a.crop, a.padding, a.hflip, a.random_resized_crop) == (32, 4, True, None)
     assert cfg.model.arch == path.stem and cfg.model.modality == "rgb"
+
+
+# ----------------------------------------------------------------------------- recipes (`base:`)
+
+
+RECIPE = ("data: {path: data/c.h5, augment: {crop: 32, padding: 4}, workers: 4}\n"
+          "optim: {lr: 0.05, epochs: 240, milestones: [150, 180, 210]}\n"
+          "losses: {ce: 1.0, kd: 0.9}\n")
+
+
+def test_a_config_extends_its_recipe_section_by_section(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    write(tmp_path / "recipes", RECIPE, "cifar.yaml")
+    (tmp_path / "pairs").mkdir()
+    path = write(tmp_path / "pairs", "base: ../recipes/cifar.yaml\nstudent: {arch: resnet8}\n"
+                                     "optim: {lr: 0.01, milestones: [5]}\ndata: {augment: {hflip: true}}\n"
+                                     "losses: {crd: 0.8}\n", "pair.yaml")
+    cfg = load_config(path, DistillLike, ["optim.epochs=3"])
+    assert cfg.name == "pair"  # the extending file's name, not the recipe's
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.milestones) == (0.01, 3, [5])  # file beats recipe, --set both
+    assert cfg.optim.momentum == 0.9  # neither file: the schema default
+    assert (cfg.data.path, cfg.data.workers) == ("data/c.h5", 4)
+    assert (cfg.data.augment.crop, cfg.data.augment.padding, cfg.data.augment.hflip) == (32, 4, True)  # merged deep
+    assert cfg.losses == {"crd": 0.8}  # a mapping value replaces the recipe's whole: no stray kd term
+    saved = tmp_path / "resolved.yaml"  # what a run folder's config.yaml holds: everything, resolved, no base
+    save_config(cfg, saved)
+    again = yaml.safe_load(saved.read_text())
+    assert "base" not in again and again["data"]["workers"] == 4 and again["optim"]["lr"] == 0.01
+    assert load_config(saved, DistillLike) == cfg
+
+
+def test_recipes_chain_and_errors_name_the_file_that_holds_the_culprit(tmp_path):
+    write(tmp_path, "optim: {lr: 0.05, momentum: 0.5}\n", "root.yaml")
+    write(tmp_path, "base: root.yaml\noptim: {epochs: 7}\n", "mid.yaml")
+    cfg = load_config(write(tmp_path, "base: mid.yaml\n" + MINIMAL), TeachConfig)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.epochs) == (0.05, 0.5, 7)
+
+    def error(text: str, recipe: str) -> str:
+        write(tmp_path, recipe, "r.yaml")
+        with pytest.raises(ConfigError) as e:
+            load_config(write(tmp_path, text), TeachConfig)
+        return str(e.value)
+
+    r = str(tmp_path / "r.yaml")
+    assert error("base: r.yaml\n" + MINIMAL, "optim: {lrr: 0.1}\n") == (
+        f"{r}: unknown key 'optim.lrr'; did you mean 'optim.lr'?")
+    assert error("base: r.yaml\n" + MINIMAL, "optim: {lr: -1}\n") == f"{r}: 'optim.lr' must be > 0, got -1.0"
+    assert error("base: r.yaml\n" + MINIMAL, "optim: {epochs: many}\n").startswith(f"{r}: 'optim.epochs' must be")
+    run = str(tmp_path / "run.yaml")
+    assert error("base: r.yaml\nmodel: {arch: resnet8}\n", "optim: {lr: 0.1}\n") == (
+        f"{run}: missing required key 'data.path'")  # in neither file
+    assert error("base: r.yaml\n" + MINIMAL, "base: run.yaml\n").startswith(f"{r}: base 'run.yaml' extends itself")
+    assert error("base: nowhere.yaml\n" + MINIMAL, "").startswith(f"{run}: base 'nowhere.yaml': no such file")
+    assert error("base: [r.yaml]\n" + MINIMAL, "").startswith(f"{run}: 'base' must be the path of the config")
+    assert error("base: r.yaml\n" + MINIMAL, "- a list\n").startswith(f"{r}: the top level must be a mapping")

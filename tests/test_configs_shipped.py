@@ -13,7 +13,9 @@ from crossmodal.models import list_models
 from crossmodal.tasks.distill import DistillConfig, resolve_weights
 from crossmodal.tasks.probe import ProbeConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))  # bases that configs extend (`base:`), not runs
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p not in RECIPES)
 
 
 def schema_of(path: Path):
@@ -45,3 +47,17 @@ def test_shipped_config_validates(path):
         assert cfg.student.modality in MODALITIES and cfg.teachers
         assert set(cfg.losses) <= set(list_distillers())
         assert resolve_weights(cfg)
+
+
+def test_every_recipe_checks_and_is_extended():
+    """A recipe's keys and values are checked on their own (no required keys), and some config extends it."""
+    from crossmodal.config import RunConfig, check_partial, read_yaml
+
+    bases = {(p.parent / yaml.safe_load(p.read_text())["base"]).resolve() for p in CONFIGS
+             if "base" in yaml.safe_load(p.read_text())}
+    assert RECIPES
+    for recipe in RECIPES:
+        check_partial(RunConfig, read_yaml(recipe), str(recipe))
+        assert recipe.resolve() in bases, f"{recipe.name}: no config extends it"
+    assert len([p for p in CONFIGS if p.parent.name == "cifar100"]) == 54
+    assert all("base" in yaml.safe_load(p.read_text()) for p in CONFIGS if p.parent.name == "cifar100")
