@@ -179,8 +179,9 @@ def test_init_stage_runs_first_and_only_trains_what_it_names(tmp_path, prepared,
         assert torch.equal(v, teacher_before[k])
 
 
-def test_resume_after_interruption_matches_uninterrupted_crd_run(tmp_path, prepared, rgb_teacher):
-    losses, params = {"ce": 1.0, "crd": 0.8}, {"crd": {"nce_k": 16}}
+@pytest.mark.parametrize("memory_dtype", ["float32", "float16"])
+def test_resume_after_interruption_matches_uninterrupted_crd_run(tmp_path, prepared, rgb_teacher, memory_dtype):
+    losses, params = {"ce": 1.0, "crd": 0.8}, {"crd": {"nce_k": 16, "memory_dtype": memory_dtype}}
     full = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full", epochs=2)
     run_distill(full)
     part = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part", epochs=1)
@@ -194,6 +195,7 @@ def test_resume_after_interruption_matches_uninterrupted_crd_run(tmp_path, prepa
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["task"]:
         assert torch.equal(a["task"][k], b["task"][k]), k  # CRD memories included
+    assert b["task"]["losses.crd.0.memory_student.rows"].dtype == getattr(torch, memory_dtype)  # saved as stored
 
 
 def test_teacher_input_renormalises_between_stats():
