@@ -324,7 +324,8 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             what = f"resuming after epoch {start_epoch}" if start_epoch else "starting"
             ddp = f" (DDP, {torch.distributed.get_backend()})" if self.dist.distributed else ""
-            log.info(f"{cfg.name}: {what}; seed {cfg.seed}, device {self.device}, world size "
+            threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""  # sums depend on it
+            log.info(f"{cfg.name}: {what}; seed {cfg.seed}, device {self.device}{threads}, world size "
                      f"{self.dist.world_size}{ddp}, {self.steps_per_epoch} steps/epoch, run dir {self.run_dir}")
             log.info(f"{cfg.name}: device-resident data {'on' if self.device_resident else 'off'} "
                      f"({self.device_resident_why}); CUDA graph {'on' if self.capture else 'off'} ({self.capture_why})")
