@@ -41,11 +41,12 @@ Memory storage (`memory_dtype`): the two memories hold 2 x N x feat_dim numbers,
 ImageNet's N = 1,281,167 rows at feat_dim 128 (the reference's storage, our default). "float16" or "bfloat16"
 stores the rows in half precision (656 MB for both): the rows a step reads are converted to float32, the
 scores, the loss and the momentum update are computed in float32, and the updated rows are rounded once when
-written back. A stored row then differs from the float32 run's by about the half type's unit roundoff
-(2^-11 for float16, 2^-8 for bfloat16) per write, so the scores move by at most about that much, divided by
-tau (tests/test_crd.py derives the bound and checks it over 24 steps). float16 keeps 3 more mantissa bits
-than bfloat16 and unit rows never approach its range limits; it is the one to use. This is an option, not
-the paper's algorithm.
+written back. Each write moves a unit row by at most the half type's unit roundoff u in L2 norm (2^-11 for
+float16, 2^-8 for bfloat16), and the next write scales an earlier error by m / |m row + (1 - m) embedding|,
+so a row stays within a few u of the float32 run's and a score (a dot product with a unit anchor) within
+that divided by tau; tests/test_crd.py derives this bound row by row and checks rows, Z and loss against the
+float32 algorithm over 24 steps. float16 keeps 3 more mantissa bits than bfloat16 and unit rows never
+approach its range limits: it is the one to use. This is an option, not the paper's algorithm.
 
 Distributed (DDP): every rank draws the negatives for the global batch and keeps its slice, the memories are
 updated with the embeddings and indices of all ranks (gathered in rank order), and Z estimates are averaged
