@@ -1,9 +1,9 @@
 """CRD ablation (the paper's Figure 5, CPU-sized): the number of negatives K, the temperature tau, and every
 CRD switch against the reference behaviour at the reference's K and tau (`z_estimate: ema`, `negatives: shared`,
-`positive: batch`, `objective: infonce`, `mode: relax`: what each changes is in crossmodal/losses/crd.py); and
-the student without CRD at the same budget.
+`positive: batch`, `objective: infonce`, `mode: relax`, `replacement: true`: what each changes is in
+crossmodal/losses/crd.py); and the student without CRD at the same budget.
 
-    python -m benchmarks.ablation --jobs 2      # 14 student runs of 5 passes each
+    python -m benchmarks.ablation --jobs 2      # 15 student runs of 5 passes each
     python -m benchmarks.ablation --quick       # smoke run on the mini data (K 32/128, tau 0.02/0.07)
 
 Teacher: the committed CIFAR-10 resnet20 (teachers/cifar10_resnet20.pt, shared with benchmarks.compression).
@@ -28,7 +28,8 @@ VARIANTS = {"z_estimate: ema": ("_zema", ["loss_params.crd.z_estimate=ema"]),
             "negatives: shared": ("_shared", ["loss_params.crd.negatives=shared"]),
             "positive: batch": ("_posbatch", ["loss_params.crd.positive=batch"]),
             "objective: infonce": ("_infonce", ["loss_params.crd.objective=infonce"]),
-            "mode: relax": ("_relax", ["loss_params.crd.mode=relax"])}
+            "mode: relax": ("_relax", ["loss_params.crd.mode=relax"]),
+            "replacement: true": ("_iid", ["loss_params.crd.replacement=true"])}
 VANILLA = f"cifar10_resnet8_{EPOCHS}ep_s0"  # the student from labels alone at the ablation's budget
 
 
@@ -93,7 +94,7 @@ def report(b: Bench, teacher: dict, sweep: dict[str, list], k_ref: int) -> None:
     body += [
         "",
         f"CRD's switches at K {k_ref}, tau {T_DEFAULT} (the reference is `z_estimate: frozen`, `negatives: per_sample`, "
-        "`positive: memory`, `objective: nce`, `mode: exact`):",
+        "`positive: memory`, `objective: nce`, `mode: exact`, `replacement: false`):",
         "",
         "| variant | top-1 | difference from the reference |",
         "|---|---|---|",

@@ -332,13 +332,13 @@ def test_shared_negatives_match_plain_algorithm_with_mask(objective):
 
 
 # ---------------------------------------------------------------------------------------------- sampling
-def test_exact_sampling_never_draws_same_class_and_covers_others_uniformly():
+def test_iid_exact_sampling_never_draws_same_class_and_covers_others_uniformly():
     labels = make_labels(num_rows=1000, num_classes=10, unlabeled=50)
     classes = ClassIndex(labels, 10)
     anchor_class = 3
     anchors = torch.nonzero(labels == anchor_class).flatten()[:64]
     torch.manual_seed(0)
-    negatives = sample_negatives(anchors, 4096, 1000, classes)  # (64, 4096)
+    negatives = sample_negatives(anchors, 4096, 1000, classes, replacement=True)  # (64, 4096)
     assert negatives.shape == (64, 4096) and negatives.dtype == torch.long
     assert not (labels[negatives] == anchor_class).any()
     counts = torch.bincount(negatives.flatten(), minlength=1000).double()
@@ -352,20 +352,79 @@ def test_unlabeled_anchor_in_exact_mode_samples_like_relax():
     labels = make_labels(num_rows=200, num_classes=5, unlabeled=10)
     unlabeled = torch.nonzero(labels < 0).flatten()
     torch.manual_seed(0)
-    negatives = sample_negatives(unlabeled, 4000, 200, ClassIndex(labels, 5))
+    negatives = sample_negatives(unlabeled, 4000, 200, ClassIndex(labels, 5), replacement=True)
     assert not (negatives == unlabeled[:, None]).any()
     assert (labels[negatives] == labels[unlabeled][:, None]).any()  # other unlabeled rows are fair game
     assert torch.bincount(negatives.flatten(), minlength=200).gt(0).sum() == 200
 
 
-def test_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row():
+def test_iid_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row():
     index = torch.arange(0, 100, 7)
     torch.manual_seed(0)
-    negatives = sample_negatives(index, 5000, 100)
+    negatives = sample_negatives(index, 5000, 100, replacement=True)
     assert negatives.min() >= 0 and negatives.max() < 100
     assert not (negatives == index[:, None]).any()
     for i, row in enumerate(index.tolist()):
         assert set(negatives[i].tolist()) == set(range(100)) - {row}
+
+
+def test_default_sampling_draws_distinct_rows_of_other_classes_each_with_probability_k_over_candidates():
+    """The reference's draw: per anchor, K distinct rows out of its candidates (np.random.choice, replace=False),
+    so every candidate is in an anchor's set with probability K / candidates."""
+    labels = make_labels(num_rows=1000, num_classes=10, unlabeled=50)
+    classes = ClassIndex(labels, 10)
+    anchors = torch.nonzero(labels == 3).flatten()[:64].repeat(8)  # 512 anchors of class 3
+    torch.manual_seed(0)
+    negatives = sample_negatives(anchors, 300, 1000, classes)  # (512, 300)
+    assert negatives.shape == (512, 300) and negatives.dtype == torch.long
+    assert all(len(set(row)) == 300 for row in negatives.tolist())  # no repeats within an anchor's set
+    assert not (labels[negatives] == 3).any()
+    others = labels != 3
+    p = 300 / others.sum().item()
+    counts = torch.bincount(negatives.flatten(), minlength=1000).double()
+    expected, sd = 512 * p, math.sqrt(512 * p * (1 - p))
+    assert (counts[~others] == 0).all() and (counts[others] - expected).abs().max() < 6 * sd
+
+
+def test_default_sampling_is_a_uniform_subset():
+    """Candidates {0, 1, 2, 4} (relax, anchor 3, N 5), K 2: each of the 6 pairs with probability 1/6."""
+    torch.manual_seed(1)
+    negatives = sample_negatives(torch.full((6000,), 3), 2, 5)  # (6000, 2)
+    pairs = [tuple(sorted(row)) for row in negatives.tolist()]
+    assert set(pairs) == {(0, 1), (0, 2), (0, 4), (1, 2), (1, 4), (2, 4)}
+    expected, sd = 1000, math.sqrt(6000 * (1 / 6) * (5 / 6))
+    assert all(abs(pairs.count(pair) - expected) < 6 * sd for pair in set(pairs))
+
+
+def test_default_sampling_with_more_draws_than_candidates_takes_every_candidate():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    negatives = sample_negatives(torch.tensor([0, 3]), 4, 6, ClassIndex(labels, 3))  # 3 and 4 candidates
+    assert set(negatives[0].tolist()) == {3, 4, 5} and sorted(negatives[1].tolist()) == [0, 1, 2, 5]
+
+
+def test_rank_slices_of_distinct_draws_equal_the_global_draw():
+    labels = make_labels(num_rows=300, num_classes=4, unlabeled=0)
+    classes, index = ClassIndex(labels, 4), torch.arange(8) * 30
+    torch.manual_seed(3)
+    whole = sample_negatives(index, 50, 300, classes)
+    parts = []
+    for rank in range(2):
+        torch.manual_seed(3)
+        parts.append(sample_negatives(index[rank * 4:(rank + 1) * 4], 50, 300, classes, rank=rank, world=2))
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_crd_draws_distinct_negatives_by_default_and_iid_with_replacement_true():
+    def repeats(**params) -> int:
+        crd = make_crd(**params)
+        torch.manual_seed(0)
+        rows = crd.draw_negatives(torch.arange(16))
+        return sum(len(row) - len(set(row)) for row in rows.tolist())
+
+    assert repeats() == 0
+    assert repeats(replacement=True) > 0
+    with pytest.raises(ConfigError, match="replacement"):
+        make_crd(replacement="yes")
 
 
 def test_nce_loss_by_hand_where_eps_matters():

@@ -33,6 +33,10 @@ Sampling (`mode`): "exact" draws negatives uniformly from rows of other classes 
 "relax" draws uniformly from every row but the anchor's own, and needs no labels. Note that RepDistiller's
 own "relax" differs (it also swaps the positive for a random same-class row); ours keeps the anchor's row.
 In "exact", anchors whose training label is -1 (unlabeled) fall back to "relax".
+Per anchor, the K negatives are distinct, drawn without replacement as the reference draws them (random keys
+over the candidates, the K smallest kept: O(B x N) per step); `replacement=True` draws them i.i.d. with
+replacement instead (O(B x K): the option for ImageNet-sized N, where B x N keys are 1.3 GB per step at batch
+256; at K/N = 0.36, CIFAR's setting, about 16 % of a sample's draws are then repeats).
 `negatives="shared"` draws one set of K rows for the whole batch (uniform over all rows) and masks, per
 anchor, its own row and (in "exact") its class's rows; the scores become one (B, D) x (D, K) matmul.
 The NCE keeps the K/N noise ratio, so an "exact" anchor sees about K (1 - n_c / N) negatives.
@@ -103,7 +107,7 @@ class CRDLoss(Distiller):
     def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
                  nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "frozen",
                  z_momentum: float = 0.99, negatives: str = "per_sample", positive: str = "memory",
-                 memory_dtype: str = "float32"):
+                 memory_dtype: str = "float32", replacement: bool = False):
         super().__init__(spec)
         check_choice("mode", mode, ("exact", "relax"))
         check_choice("memory_dtype", memory_dtype, tuple(MEMORY_DTYPES))
@@ -123,6 +127,9 @@ class CRDLoss(Distiller):
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = int(feat_dim), int(nce_k), float(nce_t), float(nce_m)
         self.mode, self.objective, self.negatives, self.positive = mode, objective, negatives, positive
         self.num_rows, self.memory_dtype = num_rows, memory_dtype
+        if not isinstance(replacement, bool):
+            raise ConfigError(f"crd: replacement={replacement!r} must be true or false")
+        self.replacement = replacement
 
         self.embed_student = EmbedHead(spec.student.embedding, self.feat_dim)
         self.embed_teacher = EmbedHead(spec.teacher.embedding, self.feat_dim)
@@ -169,7 +176,8 @@ class CRDLoss(Distiller):
         if self.negatives == "shared":
             return sample_shared_negatives(self.nce_k, self.num_rows, index.device)
         rank, world = rank_and_world()
-        return sample_negatives(index, self.nce_k, self.num_rows, self.classes, rank=rank, world=world)
+        return sample_negatives(index, self.nce_k, self.num_rows, self.classes, rank=rank, world=world,
+                                replacement=self.replacement)
 
     def forward(self, s_out: dict, t_out: dict, batch: dict, negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scalar CRD loss for the batch; `negatives` (B, K) or (K,) overrides the sampling (tests, benchmarks)."""
@@ -215,4 +223,4 @@ class CRDLoss(Distiller):
         """Key settings, shown by print(module)."""
         return (f"num_rows={self.num_rows}, feat_dim={self.feat_dim}, nce_k={self.nce_k}, nce_t={self.nce_t}, "
                 f"nce_m={self.nce_m}, mode={self.mode!r}, objective={self.objective!r}, negatives={self.negatives!r}, "
-                f"positive={self.positive!r}, memory_dtype={self.memory_dtype!r}")
+                f"positive={self.positive!r}, memory_dtype={self.memory_dtype!r}, replacement={self.replacement}")
