@@ -54,6 +54,23 @@ def _short(value) -> str:
     return text if len(text) <= PROVENANCE_WIDTH else text[: PROVENANCE_WIDTH - 3] + "..."
 
 
+def _encoded_line(group, name: str, codec: str) -> str:
+    """'jpeg, 224x224 every image, 11.7 kB per image' or 'jpeg, 160x120 to 500x500, ...' for an encoded dataset."""
+    sizes = group[name + "_size"][()]  # (N, 2) H, W
+    if len(sizes) == 0:
+        return f"{codec}, no images"
+    low, high = sizes.min(axis=0), sizes.max(axis=0)
+    same = (low == high).all()
+    extent = f"{low[1]}x{low[0]} every image" if same else f"{low[1]}..{high[1]} wide, {low[0]}..{high[0]} high"
+    return f"{codec}, {extent}, {_mean_encoded_bytes(group[name]) / 1e3:.1f} kB per image (mean)"
+
+
+def _mean_encoded_bytes(ds, sample: int = 256) -> float:
+    """Mean encoded size of up to `sample` rows spread over the dataset."""
+    rows = np.unique(np.linspace(0, ds.shape[0] - 1, min(sample, ds.shape[0])).round().astype(np.int64))
+    return float(np.mean([len(x) for x in ds[rows]]))
+
+
 def describe(path: Path) -> list[str]:
     """The lines `crossmodal inspect` prints for a prepared file (raises DataError for a bad file)."""
     from crossmodal.data.schema import open_prepared
@@ -69,9 +86,16 @@ def describe(path: Path) -> list[str]:
         ]
         for split in sorted(summary["splits"], key=lambda s: (s != "train", s != "test", s)):
             group = f[split]
-            lines.append(f"  {split:<10}{summary['splits'][split]['n']} samples")
-            for name in sorted(group, key=_dataset_order):
-                if name != "label":
+            info = summary["splits"][split]
+            encoding, derived = info.get("encoding", {}), info.get("derived", {})
+            lines.append(f"  {split:<10}{info['n']} samples")
+            for name in sorted(list(group) + list(derived), key=_dataset_order):
+                if name in encoding:
+                    lines.append(f"    {name:<14}{_encoded_line(group, name, encoding[name])}")
+                elif name in derived:
+                    lines.append(f"    {name:<14}{str(info['modalities'][name]):<18}derived from {derived[name]} by "
+                                 f"the loader (float16 values, as if stored)")
+                elif name != "label" and name[:-len("_size")] not in encoding:
                     ds = group[name]
                     lines.append(f"    {name:<14}{str(tuple(ds.shape[1:])):<18}{ds.dtype}")
             lines.append(f"    {'label':<14}{label_summary(group['label'][()], class_names)}")

@@ -24,11 +24,21 @@ def common_options(command):
                      help="Resize the shorter side to N, then centre-crop NxN. Images: area-averaged when "
                           "shrinking, bilinear when enlarging; segmentation: nearest; depth: valid-aware "
                           "(each pixel averages only measured depths). Needed when images differ in size."),
+        click.option("--encoding", type=click.Choice(["raw", "jpeg", "png"]), default="raw", show_default=True,
+                     help="How rgb is stored. raw: (N, 3, H, W) arrays, fastest to read, for small images. jpeg/png: "
+                          "one encoded image per row, decoded by the loader (L and ab are then derived from rgb "
+                          "there); JPEG sources are stored unchanged unless resized. Images may differ in size."),
+        click.option("--max-side", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="With --encoding: shrink images whose longer side exceeds N to longer side N (aspect "
+                          "kept; JPEGs decoded at reduced size by libjpeg) and re-encode them."),
+        click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+                     help="JPEG quality of images that --encoding jpeg re-encodes (sources already JPEG and not "
+                          "resized keep their bytes)."),
         click.option("--only-splits", default=None, metavar="LIST",
                      help="Comma-separated splits to keep, e.g. train,test to skip STL-10's 100,000 unlabeled "
                           "images. [default: all]"),
         click.option("--workers", "-j", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
-                     help="Decoding threads (OpenCV and HDF5 release the GIL)."),
+                     help="Decoding threads (OpenCV and HDF5 release the GIL); with --encoding, processes."),
         click.option("--strict", is_flag=True,
                      help="Stop at the first unreadable image instead of skipping it (skips are warned about and "
                           "counted in the file's provenance)."),
@@ -44,7 +54,8 @@ def _split_list(text: str | None) -> list[str] | None:
 
 
 def _write(source, src: Path, out: Path, modalities: str | None, size: int | None, only_splits: str | None,
-           workers: int, strict: bool, force: bool) -> None:
+           workers: int, strict: bool, force: bool, encoding: str = "raw", max_side: int | None = None,
+           quality: int = 90) -> None:
     """Filter splits, record SRC and the command line, write the file and print a one-line summary."""
     from crossmodal.errors import ConfigError
     from data_prep.writer import write_prepared
@@ -62,7 +73,7 @@ def _write(source, src: Path, out: Path, modalities: str | None, size: int | Non
                                 **{k: None if v is None else str(v) for k, v in ctx.params.items()}}
     started = time.perf_counter()
     summary = write_prepared(source, out, _split_list(modalities), size=size, force=force, workers=workers,
-                             strict=strict)
+                             strict=strict, encoding=encoding, max_side=max_side, quality=quality)
     seconds = time.perf_counter() - started
     counts = summary["provenance"]["counts"]
     skipped = sum(summary["provenance"]["skipped"].values())
@@ -87,7 +98,9 @@ def prepare():
     labels (-1 = none), optional segmentation, and attributes: class names, per-channel mean/std
     over the train split (depth over valid pixels), and provenance (source, arguments, counts,
     skipped files, version, time). Chunks are one sample each and uncompressed: natural images
-    barely compress and decompressing would slow every training step.
+    barely compress and decompressing would slow every training step. With --encoding jpeg|png
+    rgb is stored as one encoded image per row instead (ImageNet-sized data) and decoded by the
+    loader.
 
     The file is written under a temporary name in the output folder and renamed when complete;
     on any error or Ctrl-C nothing is left behind. Errors exit with status 2, Ctrl-C with 130.

@@ -91,9 +91,15 @@ class AugmentConfig:
     hflip: bool = False  # random horizontal flip
     random_resized_crop: Optional[int] = None  # RandomResizedCrop output size (ImageNet style)
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area range of random_resized_crop
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect range of random_resized_crop
+    # Evaluation crop (data.eval_augment): shorter side to floor(center_crop / crop_fraction), centre crop
+    center_crop: Optional[int] = None
+    crop_fraction: float = 0.875
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"crop": at_least(1), "padding": at_least(0),
-                                          "random_resized_crop": at_least(1), "scale": Bound(0, 1, low_open=True)}
+                                          "random_resized_crop": at_least(1), "scale": Bound(0, 1, low_open=True),
+                                          "ratio": above(0), "center_crop": at_least(1),
+                                          "crop_fraction": Bound(0, 1, low_open=True)}
 
 
 @dataclass
@@ -103,7 +109,9 @@ class DataConfig:
     path: str = REQUIRED  # prepared HDF5 file (crossmodal prepare)
     train_split: str = "train"
     test_split: str = "test"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training split's
+    # The test split's: only center_crop (e.g. 224: shorter side to 256, centre 224x224) and crop_fraction
+    eval_augment: AugmentConfig = field(default_factory=AugmentConfig)
     preload: bool = False  # read the whole split into memory once
     workers: int = 0  # DataLoader worker processes
     # Keep the split on the device and augment it there in batches (crossmodal.data.device_data);

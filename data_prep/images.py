@@ -356,7 +356,8 @@ def read_imagefolder(src: str | Path) -> Source:
                             f"classes ({len(class_names)} of them); rename or remove it")
         items = [ImageItem(tree.display(rel), tree.files[rel], label_of[cls])
                  for cls in sorted(images[folder]) for rel in sorted(images[folder][cls])]
-        splits.append(SplitSource(split_map.get(folder, folder), items, _imagefolder_decoder(tree), len(items)))
+        splits.append(SplitSource(split_map.get(folder, folder), items, _imagefolder_decoder(tree), len(items),
+                                  read=lambda item, read=tree.read: read(item.handle)))
     provenance = {"src": str(src), "src_resolved": str(src.resolve()), "root_in_src": root,
                   "split_map": split_map, "ignored_files": ignored}
     descriptions = _class_descriptions(tree, prefix + "classes.txt", class_names)

@@ -28,6 +28,9 @@ class SplitSource:
     items: Iterable[Any]
     decode: Callable[[Any], Optional[dict]]
     count: int  # number of items (for the progress bar and preallocation)
+    # The item's encoded file bytes, for sources of image files (`prepare --encoding` stores JPEGs unchanged);
+    # the items of such a split carry their label as `item.label`. None: decode is the only way in.
+    read: Optional[Callable[[Any], Any]] = None
 
 
 @dataclass

@@ -42,6 +42,7 @@ from crossmodal.data.schema import SCHEMA_VERSION, validate
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.modalities import MODALITIES, get_modality
 from crossmodal.tempfiles import check_free_space, remove_stale_temporaries, temp_path
+from data_prep.encoded import JPEG_QUALITY, STATS_MIN_SIDE, EncodeOptions, EncodePool
 from data_prep.source import Source, SplitSource
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,28 @@ def _blocks_in_order(split: SplitSource, pool: ThreadPoolExecutor, depth: int, c
         yield block
 
 
+ENCODINGS = ("raw", "jpeg", "png")  # --encoding choices; raw = (N, C, H, W) arrays
+ENCODABLE = {"rgb", "L", "ab"}  # modalities an encoded file offers (rgb stored encoded, L and ab derived)
+
+
+def _check_encoding(source: Source, modalities: list[str], encoding: str, max_side: int | None,
+                    quality: int) -> None:
+    """ConfigError unless the encoding options fit the source and the modalities."""
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if encoding == "raw":
+        if max_side is not None:
+            raise ConfigError("--max-side needs --encoding jpeg or png (raw arrays share one size: use --size)")
+        return
+    if source.raw_modalities != {"rgb"} or not set(modalities) <= ENCODABLE:
+        raise ConfigError(f"--encoding {encoding} stores colour images only (modalities rgb, L, ab); {source.name} "
+                          f"gives {', '.join(sorted(source.raw_modalities))}: use --encoding raw")
+    if max_side is not None and max_side < 1:
+        raise ConfigError(f"max_side must be a positive number of pixels, got {max_side}")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
+
+
 def _check_request(source: Source, modalities: list[str] | None, out: Path, force: bool, workers: int,
                    size: int | None) -> list[str]:
     """Validate the arguments before any work; return the modalities to write (deduplicated, in order)."""
@@ -324,44 +347,62 @@ def _check_request(source: Source, modalities: list[str] | None, out: Path, forc
 
 
 def write_prepared(source: Source, out: str | Path, modalities: list[str] | None = None, size: int | None = None,
-                   force: bool = False, workers: int = DEFAULT_WORKERS, strict: bool = False) -> dict:
+                   force: bool = False, workers: int = DEFAULT_WORKERS, strict: bool = False, encoding: str = "raw",
+                   max_side: int | None = None, quality: int = JPEG_QUALITY) -> dict:
     """Write `source` to the HDF5 file `out` (atomically: temp file + rename); return the schema summary.
 
     `modalities` defaults to all the source can give; `size` resizes (see `fit_record`);
-    unreadable images are skipped and counted, or stop the run with `strict`.
+    unreadable images are skipped and counted, or stop the run with `strict`. `encoding` jpeg or
+    png stores rgb as encoded images (data_prep/encoded.py; `max_side` shrinks larger ones,
+    `quality` is the JPEG quality of re-encoded images) and L/ab as derived by the reader.
     """
     out = Path(out)
     modalities = _check_request(source, modalities, out, force, workers, size)
+    _check_encoding(source, modalities, encoding, max_side, quality)
+    encoded = encoding != "raw"
+    derived = {m: DERIVED_FROM[m] for m in modalities if m in DERIVED_FROM} if encoded else {}
     where = str(source.provenance.get("src", source.name))  # what error messages name
     stats_split = "train" if any(s.name == "train" for s in source.splits) else source.splits[0].name
     started = time.perf_counter()
     remove_stale_temporaries(out)  # left by a prepare that was killed (SIGKILL, power loss)
     tmp = temp_path(out)  # same folder: the rename is atomic
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
     # The workers already run blocks in parallel; OpenCV's own thread pool inside each call only
     # adds overhead on top (calcHist 3x, split 10x slower, measured), so it is off during the run.
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    raw = None
+    raw = pool = None
     try:
+        # Encoded: worker processes forked before the file is opened (they never touch it).
+        pool = EncodePool(source.splits, workers) if encoded else ThreadPoolExecutor(workers, thread_name_prefix="prepare")
         raw = DropWritesAfterFailure(tmp)
         with h5py.File(raw, "w") as h5:
-            counts, skipped, stats = {}, {}, {}
+            counts, skipped, stats, reencoded = {}, {}, {}, {}
             with tqdm(total=sum(s.count for s in source.splits), unit="img", unit_scale=True, file=sys.stderr,
                       disable=None, desc=f"prepare {out.name}", mininterval=0.5) as bar:
                 for split in source.splits:
                     split_stats = stats if split.name == stats_split else None
-                    counts[split.name], skipped[split.name] = _write_split(
-                        h5, split, modalities, size, pool, workers, strict, split_stats, bar, where, raw, out)
+                    if encoded:
+                        stat_modalities = ["rgb"] + list(derived) if split_stats is not None else []
+                        options = EncodeOptions(encoding, max_side, size, quality, stat_modalities)
+                        counts[split.name], skipped[split.name], reencoded[split.name] = _write_encoded_split(
+                            h5, split, pool, options, strict, split_stats, bar, where, raw, out)
+                    else:
+                        counts[split.name], skipped[split.name] = _write_split(
+                            h5, split, modalities, size, pool, workers, strict, split_stats, bar, where, raw, out)
+            arguments = {"modalities": modalities, "size": size, "workers": workers, "strict": strict, "force": force}
+            if encoded:
+                arguments.update(encoding=encoding, max_side=max_side, jpeg_quality=quality)
             provenance = {
                 **source.provenance,
                 "source": source.name,
-                "arguments": {"modalities": modalities, "size": size, "workers": workers, "strict": strict,
-                              "force": force},
+                "arguments": arguments,
                 "counts": counts,
                 "skipped": {name: len(files) for name, files in skipped.items()},
                 "skipped_files": {name: files[:LIST_SKIPPED] for name, files in skipped.items() if files},
                 "stats_split": stats_split,
+                **({"reencoded": reencoded,
+                    "stats_resolution": f"images reduced by 2, 4 or 8 to a shorter side >= {STATS_MIN_SIDE} px"}
+                   if encoded else {}),
                 "crossmodal_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - started, 2),
@@ -374,6 +415,9 @@ def write_prepared(source: Source, out: str | Path, modalities: list[str] | None
                 "class_names": json.dumps(list(source.class_names)),
                 "stats": json.dumps({name: acc.result(MODALITIES[name].scale) for name, acc in stats.items()}),
             })
+            if encoded:
+                h5.attrs["encoding"] = json.dumps({"rgb": encoding})
+                h5.attrs["derived"] = json.dumps(derived)
             summary = validate(h5, out)
         raw.close()
         raw.raise_first_error()
@@ -384,7 +428,10 @@ def write_prepared(source: Source, out: str | Path, modalities: list[str] | None
         raise DataError(f"{out}: writing failed ({_os_reason(first)}); no file was written; check free space and "
                         f"permissions") from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(pool, EncodePool):
+            pool.close()
+        elif pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(opencv_threads)
         if raw is not None:
             raw.close()
@@ -444,13 +491,7 @@ def _write_split(h5: h5py.File, split: SplitSource, modalities: list[str], size:
     group = h5.create_group(split.name)
     writer, skipped = None, []
     for block in _blocks_in_order(split, pool, 2 * workers, (modalities, size, stats is not None)):
-        for name in block.skipped:
-            if strict:
-                raise DataError(f"{name}: not a readable image (--strict stops here; without it such files are "
-                                f"skipped and counted)")
-            if len(skipped) < WARN_SKIPPED:
-                log.warning("skipping %s: not a readable image", name)
-            skipped.append(name)
+        _note_skipped(block.skipped, skipped, strict)
         if block.rows:
             if writer is None:
                 row_bytes = sum(a[0].nbytes for a in block.arrays.values()) + 8  # + the label
@@ -466,8 +507,71 @@ def _write_split(h5: h5py.File, split: SplitSource, modalities: list[str], size:
         bar.update(block.n_items)
     if writer is None:
         raise DataError(f"{where}: none of the {split.count} images of split {split.name!r} could be read")
-    if len(skipped) > WARN_SKIPPED:
-        log.warning("skipped %d unreadable images in split %r (listed in the file's provenance)",
-                    len(skipped), split.name)
+    _summarise_skipped(skipped, split.name)
     writer.finish()
     return writer.rows, skipped
+
+
+def _note_skipped(names: list[str], skipped: list[str], strict: bool) -> None:
+    """Record a block's unreadable items: stop under --strict, warn about the first WARN_SKIPPED."""
+    for name in names:
+        if strict:
+            raise DataError(f"{name}: not a readable image (--strict stops here; without it such files are "
+                            f"skipped and counted)")
+        if len(skipped) < WARN_SKIPPED:
+            log.warning("skipping %s: not a readable image", name)
+        skipped.append(name)
+
+
+def _summarise_skipped(skipped: list[str], split: str) -> None:
+    if len(skipped) > WARN_SKIPPED:
+        log.warning("skipped %d unreadable images in split %r (listed in the file's provenance)", len(skipped), split)
+
+
+ENCODED_CHUNK_ROWS = 1024  # rows per chunk of an encoded dataset (16-byte heap references; reads use the cache)
+
+
+def _write_encoded_split(h5: h5py.File, split: SplitSource, pool: EncodePool, options: EncodeOptions, strict: bool,
+                         stats: dict | None, bar: tqdm, where: str, raw: DropWritesAfterFailure, out: Path):
+    """Write one split of encoded rgb (data_prep/encoded.py); return (rows, skipped file names, re-encoded count).
+
+    Before the first rows, the folder must have room for the whole split at the first block's mean bytes per image."""
+    group = h5.create_group(split.name)
+    dataset, rows, skipped, reencoded = None, 0, [], 0
+    sizes = np.zeros((split.count, 2), np.int32)
+    labels = np.full(split.count, -1, np.int64)
+    for block in pool.blocks(split, options, where):
+        _note_skipped(block.skipped, skipped, strict)
+        if block.rows:
+            if dataset is None:
+                row_bytes = sum(d.nbytes for d in block.data) / block.rows + 8 + 8 + 16  # + size, label, reference
+                check_free_space(out, int(row_bytes * split.count), f"split {split.name!r} ({split.count} items)")
+                dataset = group.create_dataset("rgb",
+                                               shape=(split.count,), maxshape=(split.count,),
+                                               dtype=h5py.vlen_dtype(np.uint8),
+                                               chunks=(max(1, min(split.count, ENCODED_CHUNK_ROWS)),))
+            if rows + block.rows > split.count:
+                raise RuntimeError(f"split {split.name}: reader announced {split.count} items but gave more")
+            column = np.empty(block.rows, dtype=object)
+            for i, data in enumerate(block.data):
+                column[i] = data
+            dataset[rows:rows + block.rows] = column
+            sizes[rows:rows + block.rows] = block.sizes
+            labels[rows:rows + block.rows] = block.labels
+            rows += block.rows
+            reencoded += block.reencoded
+            raw.raise_first_error()
+            for name, partial in block.stats.items():
+                if name in stats:
+                    stats[name].merge(partial)
+                else:
+                    stats[name] = partial
+        bar.update(block.n_items)
+    if dataset is None:
+        raise DataError(f"{where}: none of the {split.count} images of split {split.name!r} could be read")
+    _summarise_skipped(skipped, split.name)
+    if rows != split.count:
+        dataset.resize(rows, axis=0)
+    group.create_dataset("rgb_size", data=sizes[:rows])
+    group.create_dataset("label", data=labels[:rows])
+    return rows, skipped, reencoded

@@ -79,8 +79,12 @@ class SampleRandomBatch:
 def unsupported_reason(dataset: PreparedDataset) -> str | None:
     """Why `dataset` cannot be served from the device, or None if it can."""
     augment = dataset.augment
+    if getattr(dataset, "encoded_source", None):
+        return "encoded images are decoded by the loader"
     if augment is not None and augment.random_resized_crop is not None:
         return "random_resized_crop runs on the loader only"
+    if augment is not None and augment.center_crop is not None:
+        return "center_crop runs on the loader only"
     if dataset.with_segmentation:
         return "segmentation maps run on the loader only"
     return None
@@ -100,11 +104,14 @@ def _torch_dtype(name: str) -> torch.dtype:
     return {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def use_device_resident(setting, dataset: PreparedDataset, device: torch.device) -> tuple[bool, str]:
-    """(on?, why) for `data.device_resident` = "auto" | True | False; True that cannot apply is a ConfigError."""
+def use_device_resident(setting, dataset: PreparedDataset, device: torch.device,
+                        test: PreparedDataset | None = None) -> tuple[bool, str]:
+    """(on?, why) for `data.device_resident` = "auto" | True | False; True that cannot apply is a ConfigError.
+
+    `test`, when given, must be servable from the device too (both splits move together)."""
     if setting is False:
         return False, "data.device_resident is false"
-    reason = unsupported_reason(dataset)
+    reason = unsupported_reason(dataset) or (unsupported_reason(test) if test is not None else None)
     if setting is True:
         if reason:
             raise ConfigError(f"data.device_resident true: {reason}; set data.device_resident to auto or false")

@@ -12,6 +12,16 @@ Layout of one prepared HDF5 file::
     /<split>/segmentation   optional (N, H, W) int16, 0 = unlabeled pixel
     /<split>/depth_valid    optional (N, 1, H, W) uint8, 1 where depth was measured
 
+Encoded storage (schema 2, `prepare --encoding jpeg|png`): the root attribute `encoding` (JSON
+{modality: "jpeg" | "png"}) names the modalities stored as encoded images, and `derived` (JSON
+{modality: source modality}) the ones a reader computes from them after decoding (L and ab
+from rgb); a derived modality has no dataset, only its stats::
+
+    /<split>/<modality>        (N,) variable-length uint8: one encoded image per row
+    /<split>/<modality>_size   (N, 2) int32: (H, W) of each decoded image
+
+Schema 1 files (raw arrays only, no `encoding` attribute) are read as before.
+
 `stats` is {modality: {"mean": [per channel], "std": [per channel]}} in the modality's float
 units (crossmodal.modalities.to_float), computed by `prepare` over the train split (or the
 first split when there is no train split), depth over valid pixels only.
@@ -26,9 +36,12 @@ import h5py
 from crossmodal.errors import DataError
 from crossmodal.modalities import MODALITIES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED_ATTRS = ("schema_version", "crossmodal_version", "source", "provenance", "class_names", "stats")
 EXTRA_DATASETS = ("label", "segmentation", "depth_valid")
+ENCODINGS = ("jpeg", "png")  # codecs an encoded modality may use
+SIZE_SUFFIX = "_size"  # /<split>/<modality>_size holds the (H, W) of each encoded image
 
 
 def read_json_attr(f: h5py.File, key: str, path: str):
@@ -53,14 +66,16 @@ def validate(f: h5py.File, path: str | Path) -> dict:
         if key not in f.attrs:
             raise DataError(f"{path}: not a crossmodal prepared file (attribute {key!r} missing); run `crossmodal prepare`")
     version = int(f.attrs["schema_version"])
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{path}: schema_version {version}, this crossmodal reads {SCHEMA_VERSION}; re-run `crossmodal prepare`")
+    if version not in READABLE_VERSIONS:
+        raise DataError(f"{path}: schema_version {version}, this crossmodal reads {SCHEMA_VERSION} and older; "
+                        f"re-run `crossmodal prepare`")
     class_names = read_json_attr(f, "class_names", path)
     if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
         raise DataError(f"{path}: attribute 'class_names' must be a JSON list of strings")
     stats = read_json_attr(f, "stats", path)
     if not isinstance(stats, dict):
         raise DataError(f"{path}: attribute 'stats' must be a JSON mapping of modality to mean/std")
+    encoding, derived = _encoding_attrs(f, path, stats)
     splits = {}
     for split, group in f.items():
         if not isinstance(group, h5py.Group):
@@ -71,6 +86,11 @@ def validate(f: h5py.File, path: str | Path) -> dict:
         _check_labels(group["label"], len(class_names), f"{path}: {split}/label")
         mods = {}
         for name, ds in group.items():
+            if name in encoding:
+                mods[name] = _check_encoded(group, name, n, f"{path}: {split}/{name}")
+                continue
+            if name.endswith(SIZE_SUFFIX) and name[:-len(SIZE_SUFFIX)] in encoding:
+                continue  # checked with its modality
             if name in EXTRA_DATASETS:
                 if ds.shape[0] != n:
                     raise DataError(f"{path}: {split}/{name} has {ds.shape[0]} rows, label has {n}")
@@ -87,9 +107,17 @@ def validate(f: h5py.File, path: str | Path) -> dict:
             if name not in stats:
                 raise DataError(f"{path}: attribute 'stats' has no entry for modality {name!r}")
             mods[name] = tuple(ds.shape[1:])
+        for name, source in derived.items():
+            if source not in mods or source not in encoding:
+                raise DataError(f"{path}: {name!r} is derived from {source!r}, which split {split!r} does not store "
+                                f"encoded")
+            mods[name] = (MODALITIES[name].channels,) + mods[source][1:]
         if not mods:
             raise DataError(f"{path}: split {split!r} holds no modality")
         splits[split] = {"n": n, "modalities": mods, "has_segmentation": "segmentation" in group}
+        if encoding:  # encoded files only: {modality: codec} and {derived modality: its source}
+            splits[split].update(encoding={m: encoding[m] for m in mods if m in encoding},
+                                 derived={m: derived[m] for m in mods if m in derived})
     if not splits:
         raise DataError(f"{path}: file holds no split")
     return {
@@ -99,6 +127,59 @@ def validate(f: h5py.File, path: str | Path) -> dict:
         "source": str(f.attrs["source"]),
         "splits": splits,
     }
+
+
+def _encoding_attrs(f: h5py.File, path: str, stats: dict) -> tuple[dict, dict]:
+    """The `encoding` and `derived` attributes ({} when absent), checked: known codecs and modalities, stats present."""
+    maps = []
+    for key in ("encoding", "derived"):
+        value = read_json_attr(f, key, path) if key in f.attrs else {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise DataError(f"{path}: attribute {key!r} must be a JSON mapping of modality names to strings")
+        maps.append(value)
+    encoding, derived = maps
+    for name, codec in encoding.items():
+        if name not in MODALITIES or MODALITIES[name].dtype != "uint8" or MODALITIES[name].channels != 3:
+            raise DataError(f"{path}: attribute 'encoding' names {name!r}, not an 8-bit 3-channel modality")
+        if codec not in ENCODINGS:
+            raise DataError(f"{path}: attribute 'encoding' gives {name!r} codec {codec!r} (known: {', '.join(ENCODINGS)})")
+    for name, source in derived.items():
+        if name not in MODALITIES or source not in encoding:
+            raise DataError(f"{path}: attribute 'derived' maps {name!r} to {source!r}; expected a modality derived "
+                            f"from an encoded one ({', '.join(encoding) or 'none is encoded'})")
+    for name in list(encoding) + list(derived):
+        if name not in stats:
+            raise DataError(f"{path}: attribute 'stats' has no entry for modality {name!r}")
+    return encoding, derived
+
+
+def _check_encoded(group: h5py.Group, name: str, n: int, where: str) -> tuple:
+    """Check an encoded modality and its sizes; return its (C, H, W), H and W None when the images differ in size."""
+    ds = group[name]
+    base = h5py.check_vlen_dtype(ds.dtype) if isinstance(ds, h5py.Dataset) else None
+    if base is None or base != h5py.check_vlen_dtype(h5py.vlen_dtype("uint8")) or ds.ndim != 1:
+        raise DataError(f"{where}: an encoded modality must be a 1-D variable-length uint8 dataset, got "
+                        f"{getattr(ds, 'shape', None)} {getattr(ds, 'dtype', type(ds).__name__)}")
+    if ds.shape[0] != n:
+        raise DataError(f"{where}: {ds.shape[0]} rows, label has {n}")
+    size_name = name + SIZE_SUFFIX
+    sizes = group.get(size_name)
+    if not isinstance(sizes, h5py.Dataset) or sizes.shape != (n, 2) or sizes.dtype.kind not in "iu":
+        raise DataError(f"{where}{SIZE_SUFFIX}: expected (N, 2) integer (H, W) sizes with N = {n}, got "
+                        f"{getattr(sizes, 'shape', 'nothing')}")
+    hw = sizes[()]
+    if n and hw.min() < 1:
+        raise DataError(f"{where}{SIZE_SUFFIX}: sizes must be positive, found {int(hw.min())}")
+    channels = MODALITIES[name].channels
+    if n and (hw == hw[0]).all():
+        return (channels, int(hw[0, 0]), int(hw[0, 1]))
+    return (channels, None, None)
+
+
+def is_encoded(summary: dict, split: str, modality: str) -> bool:
+    """True when `modality` of `split` is stored encoded or derived from an encoded one (decoded by the reader)."""
+    info = summary["splits"][split]
+    return modality in info.get("encoding", {}) or modality in info.get("derived", {})
 
 
 LABEL_BLOCK = 1 << 20  # labels checked this many at a time (8 MiB)

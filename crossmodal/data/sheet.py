@@ -6,6 +6,8 @@ What each row shows (stored values, before normalisation):
     ab             back in colour at constant lightness L* = 70, so only the chrominance varies
     depth          TURBO colour map over the shown samples' 2nd..98th percentile, missing depth black
     seg            segmentation over the rgb image in a fixed palette (unlabeled pixels left as they are)
+Encoded files: rgb is decoded and L/ab derived from it as the loader does; images of other sizes
+than the first column's are fitted inside their tile.
 The header above each column gives the sample's row in the split and its class when it has one.
 """
 from __future__ import annotations
@@ -17,8 +19,9 @@ import cv2
 import h5py
 import numpy as np
 
-from crossmodal.color import lab_to_rgb
-from crossmodal.data.schema import open_prepared
+from crossmodal.color import lab_to_rgb, rgb_to_lab
+from crossmodal.data.codec import decode
+from crossmodal.data.schema import open_prepared, read_json_attr
 from crossmodal.errors import DataError
 
 ROW_ORDER = ("rgb", "L", "ab", "depth", "hha")  # then "seg" when the split has a segmentation
@@ -109,7 +112,21 @@ def render_sheet(f: h5py.File, split: str, n: int = 8, class_names: list[str] | 
         raise DataError(f"{f.filename}: split {split!r} is empty; choose another with --split")
     rows = sample_rows(group["label"].shape[0], n)
     rendered: dict[str, list[np.ndarray]] = {}
+    encoding = read_json_attr(f, "encoding", f.filename) if "encoding" in f.attrs else {}
+    derived = read_json_attr(f, "derived", f.filename) if "derived" in f.attrs else {}
+    decoded = {name: _decoded_images(group[name], rows, f"{f.filename}: {split}/{name}")
+               for name in encoding if name in group}
     for name in ROW_ORDER:
+        if name in decoded:
+            rendered[name] = [np.ascontiguousarray(image[:, :, ::-1]) for image in decoded[name]]
+            continue
+        if derived.get(name) in decoded:  # L, ab computed from the decoded rgb, as the loader does
+            labs = [rgb_to_lab(image) for image in decoded[derived[name]]]
+            if name == "L":
+                rendered[name] = [_l_tiles(lab[None, None, :, :, 0])[0] for lab in labs]
+            else:
+                rendered[name] = [_ab_tiles(lab[None, :, :, 1:].transpose(0, 3, 1, 2))[0] for lab in labs]
+            continue
         if name not in group:
             continue
         data = group[name][rows]  # (B, C, H, W)
@@ -143,8 +160,30 @@ def render_sheet(f: h5py.File, split: str, n: int = 8, class_names: list[str] | 
         cv2.putText(sheet, name, (3, y + th // 2 + 4), font, 0.4, white, 1, cv2.LINE_AA)
         for col, tile in enumerate(tiles):
             x = LABEL_WIDTH + col * (tw + GAP)
-            sheet[y : y + th, x : x + tw] = cv2.resize(tile, (tw, th), interpolation=interpolation)
+            if tile.shape[:2] == first.shape[:2]:
+                sheet[y : y + th, x : x + tw] = cv2.resize(tile, (tw, th), interpolation=interpolation)
+            else:  # images of another size (encoded files): fitted inside the tile, aspect kept
+                fh, fw = _fit(tile.shape[:2], th, tw)
+                top, left = y + (th - fh) // 2, x + (tw - fw) // 2
+                sheet[top : top + fh, left : left + fw] = cv2.resize(tile, (fw, fh), interpolation=cv2.INTER_AREA)
     return sheet
+
+
+def _fit(shape: tuple[int, int], th: int, tw: int) -> tuple[int, int]:
+    """(height, width) of an image of `shape` scaled to fit th x tw with its aspect ratio."""
+    scale = min(th / shape[0], tw / shape[1])
+    return max(1, min(th, round(shape[0] * scale))), max(1, min(tw, round(shape[1] * scale)))
+
+
+def _decoded_images(ds: h5py.Dataset, rows: np.ndarray, where: str) -> list[np.ndarray]:
+    """The encoded images of `rows` as (H, W, 3) uint8 RGB; DataError naming the first that will not decode."""
+    images = []
+    for row, data in zip(rows, ds[rows]):
+        image = decode(data)
+        if image is None:
+            raise DataError(f"{where} row {int(row)}: the stored image cannot be decoded; re-run `crossmodal prepare`")
+        images.append(image)
+    return images
 
 
 def write_sheet(path: str | Path, out: str | Path, split: str | None = None, n: int = 8) -> Path:

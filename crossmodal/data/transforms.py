@@ -17,6 +17,7 @@ from typing import Collection, NamedTuple
 import cv2
 import numpy as np
 
+from crossmodal.data.codec import decode, reduction_for
 from crossmodal.errors import ConfigError
 
 # Arrays resized with nearest neighbour: values that must not be blended (metres next to a hole
@@ -75,11 +76,15 @@ class Geometry(NamedTuple):
 
 @dataclass(frozen=True)
 class PairedAugment:
-    """Random crop with zero padding (CIFAR) or random resized crop (STL/ImageNet), plus horizontal flip.
+    """Random crop with zero padding (CIFAR) or random resized crop (STL/ImageNet), plus horizontal flip;
+    or the deterministic evaluation crop.
 
     crop: output side of a random crop from the image padded by `padding` zeros on each side.
     random_resized_crop: output side of a crop covering `scale` of the area with aspect ratio in
         `ratio` (log-uniform), resized; 10 tries, then the largest centred box within `ratio`.
+    center_crop: output side of the evaluation crop: the shorter side resized to
+        floor(center_crop / crop_fraction) (256 for 224 at 0.875), then the centre center_crop
+        square, done as one crop-and-resize of the equivalent box of the image (_center_box).
     hflip: flip left-right with probability 1/2.
     """
 
@@ -89,20 +94,44 @@ class PairedAugment:
     random_resized_crop: int | None = None
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    center_crop: int | None = None
+    crop_fraction: float = 0.875
 
     @classmethod
     def from_config(cls, augment) -> "PairedAugment":
         """The augmentation a config's `data.augment` section (crossmodal.config.AugmentConfig) describes."""
         return cls(crop=augment.crop, padding=augment.padding, hflip=augment.hflip,
-                   random_resized_crop=augment.random_resized_crop, scale=tuple(augment.scale))
+                   random_resized_crop=augment.random_resized_crop, scale=tuple(augment.scale),
+                   ratio=tuple(augment.ratio), center_crop=augment.center_crop, crop_fraction=augment.crop_fraction)
+
+    @classmethod
+    def eval_from_config(cls, augment, key: str = "data.eval_augment") -> "PairedAugment | None":
+        """The test split's transform from a config section: None, or a center_crop (nothing random allowed)."""
+        random = [name for name, value in (("crop", augment.crop), ("padding", augment.padding),
+                                           ("hflip", augment.hflip),
+                                           ("random_resized_crop", augment.random_resized_crop)) if value]
+        if random:
+            raise ConfigError(f"{key}: only center_crop and crop_fraction apply to evaluation (it is not random), "
+                              f"got {', '.join(random)}")
+        if augment.center_crop is None:
+            return None
+        return cls(center_crop=augment.center_crop, crop_fraction=augment.crop_fraction)
+
+    @property
+    def output_size(self) -> int | None:
+        """The side of every output image, or None when outputs keep the input size."""
+        return self.crop or self.random_resized_crop or self.center_crop
 
     def __post_init__(self):
         # YAML gives lists; keep tuples so the object stays hashable and prints the same either way.
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
         object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
-        if self.crop is not None and self.random_resized_crop is not None:
-            raise ConfigError("augment: set either crop or random_resized_crop, not both")
-        for key in ("crop", "random_resized_crop"):
+        chosen = [k for k in ("crop", "random_resized_crop", "center_crop") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"augment: set one of crop, random_resized_crop and center_crop, not {' and '.join(chosen)}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ConfigError(f"augment: crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        for key in ("crop", "random_resized_crop", "center_crop"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"augment: {key} must be a positive int, got {value!r}")
@@ -133,10 +162,30 @@ class PairedAugment:
         elif self.random_resized_crop is not None:
             size = self.random_resized_crop
             box = (*self._resized_crop_box(rng, height, width), size, size)
+        elif self.center_crop is not None:
+            size = self.center_crop
+            box = (*self._center_box(height, width), size, size)
         else:
             box = (0, 0, height, width, height, width)
         flip = self.hflip and rng.uniform() < 0.5
         return Geometry(*box, flip)
+
+    def _center_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of the box that resize-shorter-side-then-centre-crop keeps, in image pixels.
+
+        Follows torchvision's Resize(floor(center_crop / crop_fraction)) + CenterCrop(center_crop)
+        (the longer side truncated, the crop offset rounded in resized pixels), rounded to whole
+        image pixels: one crop-and-resize instead of two resizes."""
+        size, resized_short = self.center_crop, math.floor(self.center_crop / self.crop_fraction)
+        if height <= width:
+            resized_h, resized_w = resized_short, int(resized_short * width / height)
+        else:
+            resized_h, resized_w = int(resized_short * height / width), resized_short
+        sy, sx = height / resized_h, width / resized_w
+        h, w = min(height, max(1, round(size * sy))), min(width, max(1, round(size * sx)))
+        top = min(round(int(round((resized_h - size) / 2)) * sy), height - h)
+        left = min(round(int(round((resized_w - size) / 2)) * sx), width - w)
+        return top, left, h, w
 
     def _resized_crop_box(self, rng: SampleRandom, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, left, h, w) of a random-resized-crop box inside the image."""
@@ -166,6 +215,38 @@ class PairedAugment:
         height, width = first.shape[-2:]
         geometry = self.sample_geometry(rng, height, width)
         return {key: apply_geometry(a, geometry, key in nearest) for key, a in arrays.items()}
+
+
+def decode_geometry(data, height: int, width: int, g: Geometry) -> np.ndarray | None:
+    """Decode an encoded image of height x width (its stored size) and apply `g`: (out_h, out_w, 3) uint8 RGB.
+
+    A JPEG whose crop box shrinks by 2x or more is decoded at 1/2, 1/4 or 1/8 of its size
+    (libjpeg DCT scaling, crossmodal.data.codec), keeping at least the output's pixels in the box,
+    and the box is scaled to the reduced image (rounded to whole pixels). Resizing is area
+    averaging when shrinking, bilinear when enlarging, as for arrays. None when undecodable.
+    """
+    inside = g.top >= 0 and g.left >= 0 and g.top + g.height <= height and g.left + g.width <= width
+    reduce = reduction_for(g.height, g.width, g.out_height, g.out_width) if inside else 1
+    image = decode(data, reduce)
+    if image is None:
+        return None
+    if not inside:  # a padded crop: the generic path on a (3, H, W) view
+        out = apply_geometry(image.transpose(2, 0, 1), g)
+        return np.ascontiguousarray(out.transpose(1, 2, 0))
+    top, left, h, w = g.top, g.left, g.height, g.width
+    got_h, got_w = image.shape[:2]
+    if (got_h, got_w) != (height, width):  # reduced (or, defensively, not the size recorded): scale the box
+        sy, sx = got_h / height, got_w / width
+        bottom, right = min(got_h, round((top + h) * sy)), min(got_w, round((left + w) * sx))
+        top, left = min(round(top * sy), bottom - 1), min(round(left * sx), right - 1)
+        h, w = bottom - top, right - left
+    box = image[top:top + h, left:left + w]
+    if (h, w) != (g.out_height, g.out_width):
+        shrink = g.out_height < h or g.out_width < w
+        box = cv2.resize(box, (g.out_width, g.out_height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if g.flip:
+        return cv2.flip(box, 1)
+    return np.ascontiguousarray(box)
 
 
 def apply_geometry(array: np.ndarray, g: Geometry, nearest: bool = False) -> np.ndarray:

@@ -307,7 +307,8 @@ def run_finetune(cfg: ProbeConfig, resume: bool = False) -> dict:
     augment = PairedAugment.from_config(cfg.data.augment)
     common = dict(modalities=[setup.modality], labeled_only=True, preload=cfg.data.preload, seed=cfg.seed)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=augment, **common)
-    test = PreparedDataset(cfg.data.path, cfg.data.test_split, **common)
+    test = PreparedDataset(cfg.data.path, cfg.data.test_split,
+                           augment=PairedAugment.eval_from_config(cfg.data.eval_augment), **common)
     data_stats = train.stats[setup.modality]
     # The exported network expects inputs normalised as it saw them in this run.
     seen_stats = setup.model_stats() if cfg.stats == "checkpoint" else data_stats
