@@ -105,6 +105,14 @@ class _EpochTagged(Dataset):
         self.dataset.set_epoch(epoch)
         return self.dataset[index]
 
+    def __getitems__(self, keys):
+        """A batch's samples through the dataset's batched fetch when it has one (all keys share one epoch)."""
+        fetch = getattr(type(self.dataset), "__getitems__", None)  # the class's own, not a wrapper's delegation
+        if fetch is None or len({epoch for epoch, _ in keys}) != 1:
+            return [self[key] for key in keys]
+        self.dataset.set_epoch(keys[0][0])
+        return fetch(self.dataset, [index for _, index in keys])
+
 
 class _EpochTaggedSampler(torch.utils.data.Sampler):
     """Yields (epoch, index) pairs of a BlockDistributedSampler."""
@@ -184,7 +192,7 @@ class Trainer:
         local_batch = self.train_sampler.local_batch
         self.steps_per_epoch = self.train_sampler.num_batches
         self.device_resident, self.device_resident_why = use_device_resident(
-            cfg.data.device_resident, self.train_dataset, self.device)
+            cfg.data.device_resident, self.train_dataset, self.device, self.test_dataset)
         if self.device_resident:
             # The same samples as the loader's, made on the device (crossmodal.data.device_data).
             channels_last = cfg.engine.channels_last

@@ -213,7 +213,8 @@ def build_distill_datasets(cfg: DistillConfig, teachers: Optional[list[TeacherCh
                             preload=cfg.data.preload, labeled_only=False, seed=cfg.seed)
     # Rows labelled -1 are ignored by the engine's evaluation, so the split is read once, as it is.
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, [cfg.student.modality],
-                           preload=cfg.data.preload, seed=cfg.seed)
+                           augment=PairedAugment.eval_from_config(cfg.data.eval_augment), preload=cfg.data.preload,
+                           seed=cfg.seed)
     if not (test.labels >= 0).any():
         # RGB-D frames carry no image label: no test accuracy; `crossmodal probe dense` evaluates the student.
         log.info(f"{cfg.data.path}: split {cfg.data.test_split!r} has no labels; training without test accuracy")

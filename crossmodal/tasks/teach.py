@@ -45,7 +45,8 @@ def build_datasets(cfg: TeachConfig, modalities: list[str], labeled_only: bool =
     train_augment = PairedAugment.from_config(cfg.data.augment)
     common = dict(modalities=modalities, preload=cfg.data.preload, labeled_only=labeled_only, seed=cfg.seed)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=train_augment, **common)
-    test = PreparedDataset(cfg.data.path, cfg.data.test_split, augment=None, **common)
+    test = PreparedDataset(cfg.data.path, cfg.data.test_split, augment=PairedAugment.eval_from_config(
+        cfg.data.eval_augment), **common)
     return train, test
 
 
