@@ -2,6 +2,13 @@
 
     python benchmarks/loader_throughput.py                       # builds a prepared file in a temp dir
     python benchmarks/loader_throughput.py --h5 /tmp/cifar10.h5  # reuse (or keep) the prepared file
+    python benchmarks/loader_throughput.py --encoded             # ImageNet-style: JPEG rows decoded per sample
+
+--encoded measures the ImageNet path instead: Imagenette's 4,000 train JPEGs at 224 px
+(../shared/data/imagenette2-224-sub.tgz) prepared with `--encoding jpeg`, loaded with
+RandomResizedCrop 224 + flip (training) or the 224 centre crop (evaluation), decoded in the
+DataLoader workers; plus the per-row read and decode costs behind it. Results:
+benchmarks/results/loader_throughput_encoded.md.
 
 Measures: (1) the per-row h5py read cost with different chunk-cache settings, (2) samples/s of a
 DataLoader over PreparedDataset (batch 64, shuffle, crop 32 pad 4 + flip) with 0 and 2 workers,
@@ -173,13 +180,144 @@ def machine() -> str:
             f"numpy {np.__version__}")
 
 
+ENCODED_SRC = REPO.parent / "shared" / "data" / "imagenette2-224-sub.tgz"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def encoded_rate(path: Path, modalities: list[str], augment: PairedAugment, workers: int, batches: int,
+                 split: str = "train") -> tuple[float, float, float]:
+    """(samples/s over `batches` batches of 64 after the first, seconds to the first batch, CPU milliseconds per
+    sample of the loader's processes: main + workers) of an encoded split."""
+    start = time.perf_counter()
+    ds = PreparedDataset(path, split, modalities, augment=augment)
+    batches = min(batches, len(ds) // BATCH - 1)
+    ds.set_epoch(1)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    iterator = iter(loader)
+    next(iterator)
+    first = time.perf_counter() - start
+    pids = [os.getpid()] + [w.pid for w in getattr(iterator, "_workers", [])]
+    cpu = sum(_cpu_seconds(pid) for pid in pids)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    wall = time.perf_counter() - start
+    cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu
+    return batches * BATCH / wall, first, cpu / (batches * BATCH) * 1e3
+
+
+def encoded_costs(path: Path, reads: int = 640) -> dict[str, float]:
+    """Microseconds per image of the steps behind one encoded sample, in this process (median of 3 rounds)."""
+    from crossmodal.data.codec import decode
+
+    results: dict[str, list[float]] = {}
+    with h5py.File(path, "r") as f:
+        ds = f["train"]["rgb"]
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            rows = rng.integers(0, ds.shape[0], reads)
+            start = time.perf_counter()
+            data = [ds[int(r)] for r in rows]
+            results.setdefault("read one row per call (variable-length uint8)", []).append(
+                (time.perf_counter() - start) / reads * 1e6)
+            batches = [np.unique(rng.choice(ds.shape[0], BATCH, replace=False)) for _ in range(reads // BATCH)]
+            start = time.perf_counter()
+            for b in batches:
+                ds[b]
+            results.setdefault(f"read a batch of {BATCH} rows per call (the loader's __getitems__)", []).append(
+                (time.perf_counter() - start) / reads * 1e6)
+            start = time.perf_counter()
+            for d in data:
+                decode(d)
+            results.setdefault("decode a 224x224 JPEG (OpenCV, libjpeg-turbo)", []).append(
+                (time.perf_counter() - start) / reads * 1e6)
+    return {k: float(np.median(v)) for k, v in results.items()}
+
+
+def encoded_main(args) -> None:
+    """The --encoded benchmark (see the module doc)."""
+    command = "python " + shlex.join(sys.argv)
+    where = machine()
+    torch.set_num_threads(1)
+    tmp = tempfile.TemporaryDirectory(prefix="loader-encoded-bench-")
+    path = args.h5 or Path(tmp.name) / "imagenette224.h5"
+    if not path.exists():
+        if not ENCODED_SRC.exists():
+            sys.exit(f"error: {ENCODED_SRC}: not found (see ../shared/data/README.md)")
+        cmd = [sys.executable, "-m", "cli", "prepare", "imagefolder", str(ENCODED_SRC), "--out", str(path),
+               "--encoding", "jpeg", "--only-splits", "train,test"]
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"`{shlex.join(cmd)}` failed: {result.stderr.strip()}")
+        print(result.stdout.strip())
+    costs = encoded_costs(path)
+    for label, us in costs.items():
+        print(f"{label}: {us:.0f} us per image")
+    train_augment = PairedAugment(random_resized_crop=224, hflip=True)
+    settings = [("rgb", "RandomResizedCrop 224 + flip", ["rgb"], train_augment, "train"),
+                ("rgb", "centre crop 224 (evaluation)", ["rgb"], PairedAugment(center_crop=224), "test"),
+                ("L,ab (derived)", "RandomResizedCrop 224 + flip", ["L", "ab"], train_augment, "train")]
+    rows = []
+    for label, transform, modalities, augment, split in settings:
+        for workers in ((0, 2) if modalities == ["rgb"] and split == "train" else (2,)):
+            rate, first, cpu_ms = encoded_rate(path, modalities, augment, workers, args.batches, split)
+            rows.append((label, transform, split, workers, rate, first, cpu_ms))
+            print(f"{label:15s} {transform:30s} {split:5s} workers={workers}: {rate:6.0f} samples/s "
+                  f"(first batch after {first:.2f} s), {cpu_ms:.2f} CPU ms per sample")
+    lines = ["# Loader throughput on encoded JPEG rows (ImageNet path), 224 px", "",
+             f"Command: `{command}`  ", f"Machine: {where}  ",
+             f"Data: Imagenette train (4,000 JPEGs of 224x224, ImageNet's own bytes) and val (1,500), prepared "
+             f"with `crossmodal prepare imagefolder {ENCODED_SRC.name} --encoding jpeg`.", "",
+             f"Loader: batch {BATCH}, shuffle, drop_last, samples normalised float32 tensors; {args.batches} timed "
+             "batches after the first; decoding in the DataLoader worker processes (main process torch threads "
+             "= 1).", "",
+             "| modalities | transform | split | workers | samples/s (measured) | first batch (s) | CPU ms per sample "
+             "(main + workers) | samples/s the cores it may use would give when idle |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {t} | {s} | {w} | {rate:.0f} | {first:.2f} | {cpu:.2f} | {1000 * min(max(w, 1), 2) / cpu:.0f} "
+              f"({min(max(w, 1), 2)} core{'s' if w > 1 else ''}) |" for m, t, s, w, rate, first, cpu in rows]
+    lines += ["", "Per-image costs in one process (median of 3 rounds of 640 images):", ""]
+    lines += [f"- {label}: {us:.0f} us" for label, us in costs.items()]
+    two = next(r for r in rows if r[0] == "rgb" and r[2] == "train" and r[3] == 2)
+    lines += ["", f"Target: the 2-core loader feeds at least 800 images/s at 224 px (rgb, training transform). "
+              f"Measured here: {two[4]:.0f} samples/s with 2 workers: {'meets' if two[4] >= 800 else 'MISSES'} the "
+              f"target at this load. The loader's processes spent {two[6]:.2f} CPU ms per sample, so two cores of "
+              f"their own would give about {2000 / two[6]:.0f} samples/s (2,000 CPU ms per second / CPU ms per "
+              "sample; an estimate, not a measurement).",
+              "", "Notes:",
+              "- Other jobs (two trainings) shared the 2 cores during the measurement (see the load average above); "
+              "the loader's rate scales with the CPU it gets.",
+              "- About half of a sample's CPU is moving float32 pixels (the normalised 3x224x224 sample is 600 kB; "
+              "the batch is stacked into shared memory): decoding a 224-px JPEG costs about 0.2 ms of CPU.",
+              "- L and ab are derived per sample after decoding (CIE Lab of the 224x224 crop), which costs more "
+              "than the JPEG decode itself."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial")
+    partial.write_text("\n".join(lines) + "\n")
+    os.replace(partial, args.out)
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_TARBALL, help="CIFAR-10 JPEG tarball")
     parser.add_argument("--h5", type=Path, help="prepared file to reuse, or where to keep the one built")
     parser.add_argument("--batches", type=int, default=100, help="timed batches per loader setting")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "loader_throughput.md")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--encoded", action="store_true", help="measure the encoded (ImageNet) path instead")
     args = parser.parse_args()
+    results = REPO / "benchmarks" / "results"
+    if args.encoded:
+        args.out = args.out or results / "loader_throughput_encoded.md"
+        args.batches = min(args.batches, 30)
+        encoded_main(args)
+        return
+    args.out = args.out or results / "loader_throughput.md"
     command = "python " + shlex.join(sys.argv)
     where = machine()
     torch.set_num_threads(1)
