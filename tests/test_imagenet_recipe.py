@@ -2,8 +2,9 @@
 at a tiny budget on real ImageNet images (a subset of Imagenette at 224 px, ../shared/data), in one process and
 as a 2-process gloo torchrun job whose ranks must hold identical CRD memories.
 
-Budget of the runs: a few images per class stored raw at 64 px (encoded storage is prepare's --encoding jpeg;
-these runs test the recipe, not the storage), random-resized crops of 64 px, batch 8, 2 steps, one epoch.
+Budget of the runs: a few images per class stored as the recipe stores ImageNet (`prepare --encoding jpeg`),
+shrunk to 72 px (--max-side), random-resized crops of 64 px, evaluation on the centre 64 px of the image resized
+to 73 (crop_fraction 0.875), batch 8, 2 steps, one epoch.
 Run as a script (under torchrun) this file is the DDP worker.
 """
 from __future__ import annotations
@@ -31,9 +32,10 @@ torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "imagenet"
 ARCHIVE = SHARED_DATA / "imagenette2-224-sub.tgz"
 PER_CLASS = {"train": 8, "val": 4}  # images per class taken from the archive: 80 train, 40 val (10 classes)
-SIZE = 64  # stored side (prepare --size) and random-resized crop side of these runs
+MAX_SIDE, SIZE = 72, 64  # stored images at most 72 px (prepare --max-side); training and evaluation crops of 64
 TINY = ["optim.epochs=1", "optim.batch_size=8", "engine.max_steps_per_epoch=2", "engine.device=cpu",
-        "engine.progress=false", "data.workers=0", f"data.augment.random_resized_crop={SIZE}"]
+        "engine.progress=false", "data.workers=0", f"data.augment.random_resized_crop={SIZE}",
+        f"data.eval_augment.center_crop={SIZE}"]
 CRD_TINY = ["loss_params.crd.nce_k=32"]  # below the 80 training rows (the recipe's 16384 is for 1.28M)
 TABLE3 = ("resnet34_resnet18_kd", "resnet34_resnet18_crd", "resnet34_resnet18_crd_kd")
 
@@ -57,8 +59,9 @@ def test_every_imagenet_config_has_the_table3_recipe():
         assert (optim.name, optim.lr, optim.momentum, optim.weight_decay, optim.batch_size, optim.epochs) == \
                ("sgd", 0.1, 0.9, 1e-4, 256, 100), name
         assert (optim.schedule, optim.milestones, optim.gamma, optim.warmup_epochs) == ("step", [30, 60, 90], 0.1, 0), name
-        augment = cfg.data.augment
+        augment, evaluation = cfg.data.augment, cfg.data.eval_augment
         assert (augment.random_resized_crop, augment.scale, augment.hflip, augment.crop) == (224, [0.08, 1.0], True, None)
+        assert (evaluation.center_crop, evaluation.crop_fraction) == (224, 0.875)  # Resize(256) + CenterCrop(224)
         assert cfg.data.path == "data/imagenet.h5" and not cfg.data.preload
         arch = cfg.student.arch if schema is DistillConfig else cfg.model.arch
         assert arch == ("timm:resnet34" if name == "resnet34" else "timm:resnet18"), name
@@ -80,7 +83,8 @@ def test_every_imagenet_config_has_the_table3_recipe():
 # ------------------------------------------------------------------------------------ the runs, end to end
 @pytest.fixture(scope="module")
 def imagenette(tmp_path_factory) -> Path:
-    """A prepared file of the first PER_CLASS images of each class and split of imagenette2-224-sub, at 64 px."""
+    """A prepared file of the first PER_CLASS images of each class and split of imagenette2-224-sub: encoded JPEGs,
+    shrunk to MAX_SIDE px."""
     if not ARCHIVE.is_file():
         pytest.skip(f"../shared/data absent: the ImageNet recipe test needs {ARCHIVE} (see README, 'Real data')")
     root = tmp_path_factory.mktemp("imagenette")
@@ -100,8 +104,8 @@ def imagenette(tmp_path_factory) -> Path:
     out = root / "imagenette.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "cli", "prepare", "imagefolder", str(root / "images"), "--out",
-                           str(out), "-m", "rgb", "--size", str(SIZE), "-j", "1"], env=env, capture_output=True,
-                          text=True, timeout=300)
+                           str(out), "-m", "rgb", "--encoding", "jpeg", "--max-side", str(MAX_SIDE), "-j", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
