@@ -114,6 +114,9 @@ class DataConfig:
     eval_augment: AugmentConfig = field(default_factory=AugmentConfig)
     preload: bool = False  # read the whole split into memory once
     workers: int = 0  # DataLoader worker processes
+    # Where JPEG rows of an encoded file are decoded: cpu (the DataLoader workers) or cuda (batched nvJPEG on the
+    # training GPU, crossmodal.data.gpu_decode; rgb only)
+    decode: Literal["cpu", "cuda"] = "cpu"
     # Keep the split on the device and augment it there in batches (crossmodal.data.device_data);
     # auto = on with CUDA when the split takes at most a quarter of the free GPU memory.
     device_resident: Union[Literal["auto"], bool] = "auto"

@@ -314,6 +314,53 @@ def test_images_of_different_sizes_need_a_fixed_size_transform(files, tmp_path):
     assert open_prepared(out)[1]["splits"]["test"]["modalities"]["rgb"] == (3, None, None)
 
 
+def gpu_path_against_cpu(files, device: torch.device) -> None:
+    """data.decode cuda's batches (bytes + geometry from the workers, decoded with torchvision on `device`) against
+    the CPU path's samples: same keys, shapes, labels and rows; pixels within 0.02 mean absolute difference in
+    normalised units (resampling filters differ: antialiased bilinear there, OpenCV area / bilinear here)."""
+    for augment in (PairedAugment(random_resized_crop=224, hflip=True), PairedAugment(center_crop=160)):
+        cpu = PreparedDataset(files["224"], "test", ["rgb"], augment=augment, seed=2)
+        gpu = PreparedDataset(files["224"], "test", ["rgb"], augment=augment, seed=2, decode="cuda")
+        cpu.set_epoch(1), gpu.set_epoch(1)
+        rows = list(range(0, 1500, 75))
+        sample = gpu[rows[0]]
+        assert sample["rgb_encoded"].dtype == torch.uint8 and sample["rgb_geometry"].shape == (7,)
+        batch = gpu.device_transform(gpu.collate_fn(gpu.__getitems__(rows)), device)
+        expected = torch.stack([cpu[i]["rgb"] for i in rows])
+        assert set(batch) == {"rgb", "label", "index"} and batch["rgb"].shape == expected.shape
+        assert batch["index"].tolist() == rows and batch["label"].tolist() == cpu.labels[rows].tolist()
+        assert (batch["rgb"].cpu() - expected).abs().mean().item() < 0.02
+
+
+def test_cuda_decode_path_runs_on_the_cpu_too(files):
+    gpu_path_against_cpu(files, torch.device("cpu"))
+
+
+def test_cuda_decode_on_a_gpu(files):
+    if not torch.cuda.is_available():
+        pytest.skip("data.decode cuda: nvJPEG decoding needs a CUDA device and this machine has none "
+                    "(the same code path runs on the CPU in test_cuda_decode_path_runs_on_the_cpu_too)")
+    gpu_path_against_cpu(files, torch.device("cuda"))
+
+
+def test_cuda_decode_is_refused_where_it_cannot_apply(files, tmp_path):
+    with pytest.raises(ConfigError, match="decodes JPEG rows .* this split stores raw arrays"):
+        PreparedDataset(files["96-raw"], "test", ["rgb"], decode="cuda")
+    with pytest.raises(ConfigError, match=r"gives rgb only; \['rgb', 'L'\] needs data.decode cpu"):
+        PreparedDataset(files["96-jpeg"], "test", ["rgb", "L"], decode="cuda")
+    with pytest.raises(ConfigError, match="decodes JPEG rows .* this split stores {'rgb': 'png'}"):
+        PreparedDataset(files["96-png"], "test", ["rgb"], decode="cuda")
+    if torch.cuda.is_available():
+        return
+    from crossmodal.tasks.teach import run_teach
+
+    cfg = TeachConfig(name="run", out_dir=str(tmp_path), data=DataConfig(path=str(files["96-jpeg"]), decode="cuda"),
+                      model=ModelConfig(arch="resnet8"), optim=OptimConfig(epochs=1, batch_size=8, milestones=[1]),
+                      engine=EngineConfig(device="cpu", progress=False))
+    with pytest.raises(ConfigError, match="data.decode cuda decodes on the training GPU; the device is cpu"):
+        run_teach(cfg)
+
+
 # ----------------------------------------------------------------------------- inspect, sheet, bad input
 
 

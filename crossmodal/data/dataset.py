@@ -59,7 +59,7 @@ class PreparedDataset(Dataset):
 
     def __init__(self, path: str | Path, split: str, modalities: Sequence[str],
                  augment: PairedAugment | None = None, normalize: bool = True, preload: bool = False,
-                 labeled_only: bool = False, with_segmentation: bool = False, seed: int = 0):
+                 labeled_only: bool = False, with_segmentation: bool = False, seed: int = 0, decode: str = "cpu"):
         self.path = Path(path)
         self.split = split
         self.modalities = list(modalities)
@@ -68,6 +68,7 @@ class PreparedDataset(Dataset):
         self.preload = preload
         self.with_segmentation = with_segmentation
         self.seed = int(seed)
+        self.decode = decode
         self.epoch = 0
         if not self.modalities:
             raise ConfigError(f"{self.path}: no modality requested for split {split!r}")
@@ -100,6 +101,7 @@ class PreparedDataset(Dataset):
         if augment is not None:
             smallest = self.image_size if self.sizes is None else tuple(int(v) for v in self.sizes.min(axis=0))
             augment.check_size(*smallest, where=f"{self.path}:{split}")
+        self._check_decode(summary["splits"][split])
         shape = (-1, 1, 1)
         self._mean = {m: np.asarray(self.stats[m]["mean"], np.float32).reshape(shape) for m in self.modalities}
         self._inv_std = {m: (1.0 / np.asarray(self.stats[m]["std"], np.float32)).reshape(shape)
@@ -148,6 +150,41 @@ class PreparedDataset(Dataset):
                             f"with other data{' and segmentation' if self.with_segmentation else ''}; request "
                             f"them from separate datasets")
         return sources.pop()
+
+    def _check_decode(self, info: dict) -> None:
+        """`decode` is cpu, or cuda for JPEG rows requested alone with a crop inside the image (data.decode)."""
+        if self.decode == "cpu":
+            return
+        if self.decode != "cuda":
+            raise ConfigError(f"data.decode must be cpu or cuda, got {self.decode!r}")
+        where = f"data.decode cuda ({self.path}, split {self.split!r})"
+        if info.get("encoding", {}).get(self.encoded_source) != "jpeg":
+            raise ConfigError(f"{where}: decodes JPEG rows (prepare --encoding jpeg); this split stores "
+                              f"{info.get('encoding') or 'raw arrays'}")
+        if self.modalities != [self.encoded_source]:
+            raise ConfigError(f"{where}: gives {self.encoded_source} only; {self.modalities} needs data.decode cpu")
+        if self.augment is not None and self.augment.crop is not None:
+            raise ConfigError(f"{where}: takes random_resized_crop or center_crop, not a padded crop")
+
+    @property
+    def collate_fn(self):
+        """The DataLoader's collate function for these samples (None: the default)."""
+        if self.decode == "cuda":
+            from crossmodal.data.gpu_decode import collate
+
+            return collate
+        return None
+
+    def device_transform(self, batch: dict, device: torch.device) -> dict:
+        """A collated batch on `device` (crossmodal.data.gpu_decode: decoded there with data.decode cuda)."""
+        if self.decode != "cuda":
+            return batch
+        from crossmodal.data import gpu_decode
+
+        m = self.encoded_source
+        mean = torch.tensor(self.stats[m]["mean"], dtype=torch.float32, device=device)
+        std = torch.tensor(self.stats[m]["std"], dtype=torch.float32, device=device)
+        return gpu_decode.decode_batch(gpu_decode.to_device(batch, device), m, mean, std)
 
     def _check_fixed_output(self, augment: PairedAugment | None) -> None:
         """Images of different sizes batch only through a transform with a fixed output size."""
@@ -235,6 +272,8 @@ class PreparedDataset(Dataset):
 
     def _sample(self, i: int, data=None) -> dict[str, torch.Tensor]:
         """Sample dict of position i (`data`: its encoded bytes when already read)."""
+        if self.decode == "cuda":
+            return self._encoded_sample(i, data)
         if self.encoded_source:
             arrays = self._decoded_arrays(i, data)
         else:
@@ -251,6 +290,16 @@ class PreparedDataset(Dataset):
         sample["label"] = torch.scalar_tensor(int(self.labels[i]), dtype=torch.int64)
         sample["index"] = torch.scalar_tensor(i, dtype=torch.int64)
         return sample
+
+    def _encoded_sample(self, i: int, data=None) -> dict[str, torch.Tensor]:
+        """data.decode cuda: the row's bytes and its geometry, decoded on the device (crossmodal.data.gpu_decode)."""
+        if data is None:
+            data = self._read_row(i)[self.encoded_source]
+        m = self.encoded_source
+        return {m + "_encoded": torch.from_numpy(np.array(data, dtype=np.uint8)),
+                m + "_geometry": torch.tensor(self.sample_geometry(i), dtype=torch.int64),
+                "label": torch.scalar_tensor(int(self.labels[i]), dtype=torch.int64),
+                "index": torch.scalar_tensor(i, dtype=torch.int64)}
 
     def _stored_arrays(self, i: int) -> dict[str, np.ndarray]:
         """Float arrays (C, H, W) of a raw row, augmented."""

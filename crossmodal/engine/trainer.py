@@ -205,20 +205,26 @@ class Trainer:
             self.test_loader = None if shard is None else DeviceEvalLoader(
                 DeviceSplit(self.test_dataset, self.device, channels_last), eval_batch, shard.start, shard.stop)
             return
+        for dataset in (self.train_dataset, self.test_dataset):
+            if getattr(dataset, "decode", "cpu") == "cuda" and self.device.type != "cuda":
+                raise ConfigError(f"data.decode cuda decodes on the training GPU; the device is {self.device} "
+                                  f"(set data.decode: cpu)")
         # Own generator: the loader must not consume the global RNG that the checkpoint restores.
         self.train_loader = DataLoader(_EpochTagged(self.train_dataset), batch_size=local_batch,
                                        sampler=_EpochTaggedSampler(self.train_sampler),
-                                       generator=torch.Generator().manual_seed(cfg.seed), **common)
+                                       generator=torch.Generator().manual_seed(cfg.seed),
+                                       collate_fn=getattr(self.train_dataset, "collate_fn", None), **common)
         self.test_loader = None if self.test_dataset is None else DataLoader(
             self.test_dataset, batch_size=local_batch,
-            sampler=ShardSampler(len(self.test_dataset), dist.rank, dist.world_size), **common)
+            sampler=ShardSampler(len(self.test_dataset), dist.rank, dist.world_size),
+            collate_fn=getattr(self.test_dataset, "collate_fn", None), **common)
 
     def _train_batches(self, epoch: int):
         """The epoch's training batches, on the device (set the sampler's and dataset's epoch first)."""
         if self.device_resident:
             order = torch.tensor(list(self.train_sampler), dtype=torch.int64).view(self.steps_per_epoch, -1)
             return DeviceBatches(self.train_split, order, epoch)
-        return (self._to_device(batch) for batch in self.train_loader)
+        return (self._to_device(batch, self.train_dataset) for batch in self.train_loader)
 
     def _autocast(self):
         return autocast_factory(self.device, self.cfg.engine.precision)()
@@ -237,8 +243,12 @@ class Trainer:
             self.step = EagerStep(self.step_module, self.optimizer, self.params, cfg.optim.grad_clip,
                                   self._autocast, self.scaler)
 
-    def _to_device(self, batch: dict) -> dict:
+    def _to_device(self, batch: dict, dataset=None) -> dict:
+        """The batch on the device; a dataset with a device_transform (data.decode cuda) makes its tensors there."""
         channels_last = self.cfg.engine.channels_last
+        transform = getattr(dataset, "device_transform", None)
+        if transform is not None:
+            batch = transform(batch, self.device)
         out = {}
         for key, value in batch.items():
             value = value.to(self.device, non_blocking=True)
@@ -402,7 +412,7 @@ class Trainer:
         # float32 sums (exact for counts below 2**24; MPS has no float64), read once at the end: no per-batch sync.
         sums = torch.zeros(4, device=self.device)  # loss, top-1 hits, top-5 hits, labeled samples
         for batch in self.test_loader:
-            batch = self._to_device(batch)
+            batch = self._to_device(batch, self.test_dataset)
             labels = batch["label"]  # (B,), -1 = unlabeled: matches no class, ignored by the loss
             with self._autocast():
                 logits = self.task.evaluation_step(batch).float()  # (B, n)

@@ -210,11 +210,11 @@ def build_distill_datasets(cfg: DistillConfig, teachers: Optional[list[TeacherCh
     augment = PairedAugment.from_config(cfg.data.augment)
     # The student may learn from unlabeled samples (ce ignores label -1); evaluation needs labels.
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, modalities, augment=augment,
-                            preload=cfg.data.preload, labeled_only=False, seed=cfg.seed)
+                            preload=cfg.data.preload, labeled_only=False, seed=cfg.seed, decode=cfg.data.decode)
     # Rows labelled -1 are ignored by the engine's evaluation, so the split is read once, as it is.
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, [cfg.student.modality],
                            augment=PairedAugment.eval_from_config(cfg.data.eval_augment), preload=cfg.data.preload,
-                           seed=cfg.seed)
+                           seed=cfg.seed, decode=cfg.data.decode)
     if not (test.labels >= 0).any():
         # RGB-D frames carry no image label: no test accuracy; `crossmodal probe dense` evaluates the student.
         log.info(f"{cfg.data.path}: split {cfg.data.test_split!r} has no labels; training without test accuracy")

@@ -305,7 +305,8 @@ def run_finetune(cfg: ProbeConfig, resume: bool = False) -> dict:
     """Train the whole network from the checkpoint (and a random init, if asked) through the engine."""
     setup = _Setup(cfg)
     augment = PairedAugment.from_config(cfg.data.augment)
-    common = dict(modalities=[setup.modality], labeled_only=True, preload=cfg.data.preload, seed=cfg.seed)
+    common = dict(modalities=[setup.modality], labeled_only=True, preload=cfg.data.preload, seed=cfg.seed,
+                  decode=cfg.data.decode)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=augment, **common)
     test = PreparedDataset(cfg.data.path, cfg.data.test_split,
                            augment=PairedAugment.eval_from_config(cfg.data.eval_augment), **common)

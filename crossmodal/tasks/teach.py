@@ -43,7 +43,8 @@ class ClassifierTask(Task):
 def build_datasets(cfg: TeachConfig, modalities: list[str], labeled_only: bool = True):
     """(train, test) PreparedDatasets of cfg.data for `modalities`; augmentation on train only."""
     train_augment = PairedAugment.from_config(cfg.data.augment)
-    common = dict(modalities=modalities, preload=cfg.data.preload, labeled_only=labeled_only, seed=cfg.seed)
+    common = dict(modalities=modalities, preload=cfg.data.preload, labeled_only=labeled_only, seed=cfg.seed,
+                  decode=cfg.data.decode)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, augment=train_augment, **common)
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, augment=PairedAugment.eval_from_config(
         cfg.data.eval_augment), **common)
