@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pytest
 import torch
@@ -62,7 +63,17 @@ def rgb_teacher(tmp_path_factory, prepared):
 def test_compression_crd_kd_records_teacher_and_crd_state(tmp_path, prepared, rgb_teacher):
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "kd": 1.0, "crd": 0.8},
                       loss_params={"crd": {"nce_k": 16}})
-    summary = run_distill(cfg)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("crossmodal").addHandler(handler)
+    try:
+        summary = run_distill(cfg)
+    finally:
+        logging.getLogger("crossmodal").removeHandler(handler)
+    # The start of the run names the memories' size: 2 x 32 rows x 128 float32 = 32,768 bytes.
+    assert "student: crd: memories 2 x 32 rows x 128 float32 = 0.00 GB; loss_params.crd.memory_dtype: float16 " \
+           "halves it" in lines
     run = tmp_path / "runs" / "student"
     ckpt = load_checkpoint(run / "last.pt")
     teacher = ckpt["task_meta"]["teachers"][0]
