@@ -693,7 +693,7 @@ def test_half_memory_is_a_config_choice_and_checkpoints_keep_half_rows(tmp_path)
     assert run_crd(restored, s_emb, t_emb, index).item() == expected.item()
     assert torch.equal(restored.memory_teacher.rows, crd.memory_teacher.rows)
     note = make_crd().state_note()
-    assert note == "crd: memories 2 x 300 rows x 16 float32 = 0.00 GB; loss_params.crd.memory_dtype: float16 halves it"
+    assert note == "crd: memories 2 x 300 rows x 16 float32 = 38.4 kB; loss_params.crd.memory_dtype: float16 halves it"
 
 
 def test_memory_size_note_at_imagenet_scale():
@@ -708,7 +708,7 @@ def test_memory_size_note_at_imagenet_scale():
         notes.append(crd.state_note())
     assert notes == ["crd: memories 2 x 1,281,167 rows x 128 float32 = 1.31 GB; "
                      "loss_params.crd.memory_dtype: float16 halves it",
-                     "crd: memories 2 x 1,281,167 rows x 128 float16 = 0.66 GB"]
+                     "crd: memories 2 x 1,281,167 rows x 128 float16 = 656 MB"]
 
 
 # --------------------------------------------------------------------------------------------------- DDP

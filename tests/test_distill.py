@@ -72,7 +72,7 @@ def test_compression_crd_kd_records_teacher_and_crd_state(tmp_path, prepared, rg
     finally:
         logging.getLogger("crossmodal").removeHandler(handler)
     # The start of the run names the memories' size: 2 x 32 rows x 128 float32 = 32,768 bytes.
-    assert "student: crd: memories 2 x 32 rows x 128 float32 = 0.00 GB; loss_params.crd.memory_dtype: float16 " \
+    assert "student: crd: memories 2 x 32 rows x 128 float32 = 32.8 kB; loss_params.crd.memory_dtype: float16 " \
            "halves it" in lines
     run = tmp_path / "runs" / "student"
     ckpt = load_checkpoint(run / "last.pt")

@@ -162,7 +162,7 @@ def test_table3_distill_configs_run(name, imagenette, teacher, tmp_path):
     assert (tmp_path / name / "last.pt").is_file() and summary
     notes = [line for line in lines if "crd: memories" in line]
     if "crd" in name:  # 2 x 80 rows x 128 float32 = 81,920 bytes
-        assert notes == [f"{name}: crd: memories 2 x 80 rows x 128 float32 = 0.00 GB; "
+        assert notes == [f"{name}: crd: memories 2 x 80 rows x 128 float32 = 81.9 kB; "
                          "loss_params.crd.memory_dtype: float16 halves it"]
     else:
         assert not notes

@@ -97,6 +97,14 @@ class EmbedHead(nn.Module):
         return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 
+def _decimal_size(num_bytes: int) -> str:
+    """'1.31 GB', '656 MB', '32.8 kB' (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.3g} {unit}"
+    return f"{num_bytes / 1e3:.3g} kB"
+
+
 @register_distiller("crd")
 class CRDLoss(Distiller):
     """CRD loss with its heads, memories and Z estimates (see the module docstring for the equations)."""
@@ -152,10 +160,10 @@ class CRDLoss(Distiller):
         return sum(m.rows.numel() * m.rows.element_size() for m in (self.memory_student, self.memory_teacher))
 
     def state_note(self) -> str:
-        """One line for the run's log: the memories' size, e.g. 2 x 1,281,167 x 128 float32 = 1.31 GB."""
+        """One line for the run's log: the memories' size, e.g. 2 x 1,281,167 rows x 128 float32 = 1.31 GB."""
         hint = "; loss_params.crd.memory_dtype: float16 halves it" if self.memory_dtype == "float32" else ""
         return (f"crd: memories 2 x {self.num_rows:,} rows x {self.feat_dim} {self.memory_dtype} = "
-                f"{self.memory_bytes() / 1e9:.2f} GB{hint}")
+                f"{_decimal_size(self.memory_bytes())}{hint}")
 
     def _class_index(self, spec: DistillSpec) -> ClassIndex:
         """Class buffers for `exact` sampling, checked against the memory size."""
