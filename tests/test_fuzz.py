@@ -419,7 +419,10 @@ def test_resume_refuses_a_changed_run(killed_run, tmp_path, change, key):
     assert_one_error_line(result.output, key)
     after = snapshot(run)
     assert after.pop(".lock") != before.pop(".lock")  # only the lock changed: it names its last holder
-    assert after == before
+    # The SIGKILL may land while best.pt is being written; its temporary is debris of a dead process, which
+    # taking the run folder's lock removes. Nothing else may change, and no temporary may appear.
+    debris = {name for name in before if name.endswith(".tmp")}
+    assert set(after) - set(before) == set() and {k: v for k, v in before.items() if k not in debris} == after
 
 
 def test_a_killed_run_resumes_to_its_end(killed_run, tmp_path):
