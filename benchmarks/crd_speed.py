@@ -33,10 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossmodal.config import atomic_write_text
 from crossmodal.losses.base import DistillSpec, OutputShapes
 from crossmodal.losses.contrast_memory import init_memory_rows
 from crossmodal.losses.crd import CRDLoss, EmbedHead
+from crossmodal.tempfiles import atomic_write_text
 
 EMBED_DIM = 256  # resnet8x4 and resnet32x4 both pool to 256
 

@@ -340,7 +340,7 @@ def finish(report: Report, args, env_line: str, started: float, work: Path) -> i
     text = "\n".join(lines + [""] + [s + "\n" for s in report.sections])
     print("\n" + text, flush=True)
     if args.out:
-        from crossmodal.config import atomic_write_text
+        from crossmodal.tempfiles import atomic_write_text
 
         atomic_write_text(args.out, text)
     if args.work is None:

@@ -31,7 +31,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from crossmodal.config import atomic_write_text
+from crossmodal.tempfiles import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "cifar10.tar.gz"

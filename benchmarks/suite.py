@@ -18,7 +18,7 @@ import sys
 import time
 
 from benchmarks.common import REPO, machine_line
-from crossmodal.config import atomic_write_text
+from crossmodal.tempfiles import atomic_write_text
 
 # (experiment, arguments), in an order that respects what they share: the teachers first; compression on
 # Tiny-ImageNet-100 trains the seed-0 students that transfer probes; ablation's labels-only run is ensemble's.

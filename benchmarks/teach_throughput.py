@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 import crossmodal
-from crossmodal.config import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
 from crossmodal.data.schema import SCHEMA_VERSION
 from crossmodal.engine.logging import get_logger, read_metrics
 from crossmodal.models import build_model
-from crossmodal.tasks.teach import run_teach
+from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
+from crossmodal.tasks.teach import TeachConfig, run_teach
 
 BATCH = 64
 

@@ -132,7 +132,7 @@ def export(b: Bench, name: str, step: Step) -> dict:
 
 def write_records(records: dict) -> None:
     """teachers/teachers.json and the table of teachers/README.md (atomically)."""
-    from crossmodal.config import atomic_write_text
+    from crossmodal.tempfiles import atomic_write_text
 
     total_mb = sum(r["size_bytes"] for r in records.values()) / 2**20
     if total_mb > MAX_TOTAL_MB:

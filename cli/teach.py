@@ -19,7 +19,6 @@ def teach(config, overrides, resume):
     Example:
       crossmodal teach configs/cpu/cifar10_resnet20.yaml --epochs 2 --set engine.max_steps_per_epoch=20
     """
-    from crossmodal.config import TeachConfig
-    from crossmodal.tasks.teach import run_teach
+    from crossmodal.tasks.teach import TeachConfig, run_teach
 
     run_config(config, overrides, resume, TeachConfig, run_teach)

@@ -1,12 +1,14 @@
-"""Temporary files beside an output, named so a later run can tell whose they are, and free-space checks.
+"""Writing outputs safely: atomic writes through temporary names a later run can attribute, and free-space checks.
 
 Every output is first written as `.<name>.<host>-<pid>.<random>.tmp` in the output's folder and
-renamed over `<name>` when complete. A process killed with SIGKILL (or by the machine going
+renamed over `<name>` when complete (`atomic_write`), so readers, and a run killed mid-write, see
+either the old file or the whole new one. A process killed with SIGKILL (or by the machine going
 down) cannot remove its temporary file; the next write of the same output (and the next run
 into the same run folder) removes the ones whose process, on this host, no longer exists.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -89,3 +91,35 @@ def check_free_space(path: str | Path, needed_bytes: int, what: str) -> None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f}"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb"):
+    """Yield a file opened on a temporary name beside `path`; on success fsync it and rename it over `path`.
+
+    The temporary file is created with mode 0o666 less the process's umask, as open() would create `path`
+    itself (the umask is applied by the kernel, never read or changed here).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # of a writer killed mid-write (SIGKILL): its pid is in the name
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # keep the original error, not the cleanup's
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    with atomic_write(path, "w") as f:
+        f.write(text)

@@ -8,9 +8,10 @@ from typing import Optional
 import pytest
 import yaml
 
-from crossmodal.config import (REQUIRED, ModelConfig, RunConfig, TeachConfig, config_to_dict, load_config,
-                               save_config)
+from crossmodal.config import REQUIRED, config_to_dict, load_config, save_config
 from crossmodal.errors import ConfigError
+from crossmodal.sections import ModelConfig, RunConfig
+from crossmodal.tasks.teach import TeachConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = "data: {path: data/x.h5}\nmodel: {arch: resnet8}\n"

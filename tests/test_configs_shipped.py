@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossmodal.config import TeachConfig, load_config
+from crossmodal.config import load_config
 from crossmodal.losses import list_distillers
 from crossmodal.modalities import MODALITIES
 from crossmodal.models import list_models
 from crossmodal.tasks.distill import DistillConfig, resolve_weights
 from crossmodal.tasks.probe import ProbeConfig
+from crossmodal.tasks.teach import TeachConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))  # bases that configs extend (`base:`), not runs
@@ -51,7 +52,8 @@ def test_shipped_config_validates(path):
 
 def test_every_recipe_checks_and_is_extended():
     """A recipe's keys and values are checked on their own (no required keys), and some config extends it."""
-    from crossmodal.config import RunConfig, check_partial, read_yaml
+    from crossmodal.config import check_partial, read_yaml
+    from crossmodal.sections import RunConfig
 
     bases = {(p.parent / yaml.safe_load(p.read_text())["base"]).resolve() for p in CONFIGS
              if "base" in yaml.safe_load(p.read_text())}

@@ -16,8 +16,9 @@ from conftest import make_prepared  # noqa: E402
 from test_engine import (FailAtEpoch, make_cfg, make_trainer, max_weight_diff, model_weights,  # noqa: E402
                          tiny_models)
 
-from crossmodal.config import TeachConfig, load_config  # noqa: E402
+from crossmodal.config import load_config  # noqa: E402
 from crossmodal.data.dataset import PreparedDataset  # noqa: E402
+from crossmodal.tasks.teach import TeachConfig  # noqa: E402
 from crossmodal.data.device_data import (DeviceSplit, SampleRandomBatch, stored_bytes,  # noqa: E402
                                          use_device_resident)
 from crossmodal.data.transforms import PairedAugment, SampleRandom  # noqa: E402

@@ -9,7 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import app
-from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
+from crossmodal.sections import DataConfig, EngineConfig, ModelConfig, OptimConfig
+from crossmodal.tasks.teach import TeachConfig
 from crossmodal.probe.diagnostics import (correlation_difference, linear_cka, logit_correlation,
                                           plot_correlation_difference)
 from crossmodal.tasks.teach import run_teach

@@ -10,14 +10,15 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import app
-from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig, load_config
+from crossmodal.config import load_config
 from crossmodal.engine import load_checkpoint, load_model
 from crossmodal.engine.checkpoint import file_sha256
+from crossmodal.engine.teachers import TeacherInput
 from crossmodal.errors import ConfigError
 from crossmodal.losses import list_distillers
-from crossmodal.engine.teachers import TeacherInput
+from crossmodal.sections import DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
-from crossmodal.tasks.teach import run_teach
+from crossmodal.tasks.teach import TeachConfig, run_teach
 
 torch.set_num_threads(1)
 

@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from conftest import make_prepared  # noqa: E402
-from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig  # noqa: E402
 from crossmodal.engine import load_checkpoint  # noqa: E402
+from crossmodal.sections import DataConfig, EngineConfig, ModelConfig, OptimConfig  # noqa: E402
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill  # noqa: E402
-from crossmodal.tasks.teach import run_teach  # noqa: E402
+from crossmodal.tasks.teach import TeachConfig, run_teach  # noqa: E402
 from test_engine import register_tiny_models, tiny_models  # noqa: E402,F401  (autouse fixture)
 
 torch.set_num_threads(1)

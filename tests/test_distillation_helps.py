@@ -29,9 +29,9 @@ import h5py
 import numpy as np
 import torch
 
-from crossmodal.config import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
+from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
-from crossmodal.tasks.teach import run_teach
+from crossmodal.tasks.teach import TeachConfig, run_teach
 from data_prep.samples import read_sample_photos
 from data_prep.writer import write_prepared
 

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_prepared  # noqa: E402
 
-from crossmodal.config import (AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig,  # noqa: E402
-                               TeachConfig, load_config)
+from crossmodal.config import load_config
+from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
+from crossmodal.tasks.teach import TeachConfig
 from crossmodal.engine import (CheckpointError, ModelMeta, Trainer, load_checkpoint, load_model,  # noqa: E402
                                seed_everything)
-from crossmodal.engine.checkpoint import save_checkpoint  # noqa: E402
 from crossmodal.distributed import all_gather_concat  # noqa: E402
+from crossmodal.engine.checkpoint import save_checkpoint  # noqa: E402
 from crossmodal.engine.distributed import BlockDistributedSampler, ShardSampler  # noqa: E402
 from crossmodal.engine.logging import read_metrics  # noqa: E402
 from crossmodal.engine.optim import build_optimizer, lr_factor_fn  # noqa: E402

@@ -60,8 +60,8 @@ def world(tmp_path_factory) -> World:
     data = make_prepared(shared)
     import yaml
 
-    from crossmodal.config import TeachConfig, load_config
-    from crossmodal.tasks.teach import run_teach
+    from crossmodal.config import load_config
+    from crossmodal.tasks.teach import TeachConfig, run_teach
 
     (shared / "teach.yaml").write_text(yaml.safe_dump(teach_config(data, shared / "runs")))
     run_teach(load_config(shared / "teach.yaml", TeachConfig, ["name=teacher"]))

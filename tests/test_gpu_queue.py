@@ -15,9 +15,9 @@ from conftest import make_prepared  # noqa: E402
 
 from benchmarks import teachers  # noqa: E402
 from benchmarks.gpu import queue  # noqa: E402
-from crossmodal.config import TeachConfig, load_config  # noqa: E402
+from crossmodal.config import load_config  # noqa: E402
 from crossmodal.engine import load_checkpoint  # noqa: E402
-from crossmodal.tasks.teach import run_teach  # noqa: E402
+from crossmodal.tasks.teach import TeachConfig, run_teach  # noqa: E402
 
 MiB = 2**20
 

@@ -23,9 +23,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import SHARED_DATA  # noqa: E402
-from crossmodal.config import TeachConfig, load_config  # noqa: E402
+from crossmodal.config import load_config  # noqa: E402
 from crossmodal.tasks.distill import DistillConfig, run_distill  # noqa: E402
-from crossmodal.tasks.teach import run_teach  # noqa: E402
+from crossmodal.tasks.teach import TeachConfig, run_teach  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -11,15 +11,15 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import app
-from crossmodal.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.engine import load_model
 from crossmodal.modalities import MODALITIES
 from crossmodal.probe.dense import confusion_matrix, kfold_by_index, segmentation_scores
 from crossmodal.probe.features import InputAdapter
 from crossmodal.probe.linear import evaluate_linear_probe, fit_linear_probe
+from crossmodal.sections import DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.tasks.probe import ProbeOptimConfig, load_probe_config, resolve_input_size, run_probe, with_class_head
-from crossmodal.tasks.teach import run_teach
+from crossmodal.tasks.teach import TeachConfig, run_teach
 
 torch.set_num_threads(1)
 

@@ -20,12 +20,13 @@ from test_engine import make_cfg, make_trainer, max_weight_diff, tiny_models  # 
 
 import crossmodal.engine.step as step_module  # noqa: E402
 import crossmodal.engine.trainer as trainer_module  # noqa: E402
-from crossmodal.config import EngineConfig, OptimConfig, TeachConfig, load_config  # noqa: E402
+from crossmodal.config import load_config  # noqa: E402
 from crossmodal.engine import load_checkpoint  # noqa: E402
-from crossmodal.engine.step import CaptureFailed, cuda_graph_plan  # noqa: E402
 from crossmodal.engine.logging import read_metrics  # noqa: E402
+from crossmodal.engine.step import CaptureFailed, cuda_graph_plan  # noqa: E402
 from crossmodal.errors import ConfigError  # noqa: E402
-from crossmodal.tasks.teach import ClassifierTask  # noqa: E402
+from crossmodal.sections import EngineConfig, OptimConfig  # noqa: E402
+from crossmodal.tasks.teach import ClassifierTask, TeachConfig  # noqa: E402
 
 torch.set_num_threads(1)
 __all__ = ["tiny_models"]  # test_engine's autouse fixture registers the tiny models here too

@@ -5,8 +5,7 @@ import os
 import subprocess
 import sys
 
-from crossmodal.config import atomic_write_text
-from crossmodal.tempfiles import temp_path, temp_prefix
+from crossmodal.tempfiles import atomic_write_text, temp_path, temp_prefix
 
 
 def dead_pid() -> int:
@@ -36,7 +35,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "x.json"
     target.write_text("old")
     try:
-        from crossmodal.config import atomic_write
+        from crossmodal.tempfiles import atomic_write
 
         with atomic_write(target, "w") as f:
             f.write("half")
@@ -44,3 +43,22 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     except OSError:
         pass
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_atomic_writes_get_the_mode_the_umask_gives_and_never_change_the_umask(tmp_path):
+    """The output's mode is 0o666 less the umask, as open() would give it; the umask is not read or changed
+    (it was once changed and restored at import, which races with other threads creating files)."""
+    import stat
+
+    from crossmodal.tempfiles import atomic_write_text
+
+    before = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+        assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+        assert os.umask(0o077) == 0o077  # still what this test set
+    finally:
+        os.umask(before)

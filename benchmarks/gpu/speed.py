@@ -33,14 +33,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crossmodal.config import (AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig,
-                               atomic_write_text)
 from crossmodal.engine.logging import get_logger, read_metrics
 from crossmodal.losses.base import DistillSpec, OutputShapes
 from crossmodal.losses.crd import CRDLoss
 from crossmodal.models import build_model
+from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
-from crossmodal.tasks.teach import run_teach
+from crossmodal.tasks.teach import TeachConfig, run_teach
+from crossmodal.tempfiles import atomic_write_text
 
 from benchmarks.teach_throughput import synthetic_prepared
 

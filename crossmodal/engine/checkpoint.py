@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from crossmodal.config import atomic_write
 from crossmodal.errors import CrossmodalError
+from crossmodal.tempfiles import atomic_write
 
 FORMAT = "crossmodal-checkpoint"
 VERSION = 1

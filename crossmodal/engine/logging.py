@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from crossmodal.config import atomic_write, atomic_write_text
+from crossmodal.tempfiles import atomic_write, atomic_write_text
 
 
 def get_logger() -> logging.Logger:

@@ -22,8 +22,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from crossmodal.config import OptimConfig
 from crossmodal.errors import ConfigError
+from crossmodal.sections import OptimConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:

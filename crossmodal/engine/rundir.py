@@ -19,9 +19,9 @@ import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from crossmodal.config import atomic_write_text, config_to_dict
+from crossmodal.config import config_to_dict
 from crossmodal.errors import ConfigError
-from crossmodal.tempfiles import remove_stale_temporaries_in
+from crossmodal.tempfiles import atomic_write_text, remove_stale_temporaries_in
 
 LOCK_FILE = ".lock"
 FINGERPRINT_FILE = "fingerprint.json"

@@ -12,7 +12,6 @@ Only the kernel is compared, so embedding sizes may differ.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from crossmodal.errors import ConfigError
 from crossmodal.losses.base import DistillSpec, Distiller, register_distiller

@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from crossmodal.config import atomic_write
 from crossmodal.data.transforms import NEAREST_KEYS
 from crossmodal.engine.teachers import TeacherInput  # the affine map distill feeds its teachers through
 from crossmodal.errors import ConfigError
+from crossmodal.tempfiles import atomic_write
 
 CACHE_VERSION = 1
 Stage = Union[int, str]

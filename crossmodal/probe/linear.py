@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossmodal.config import OptimConfig
 from crossmodal.engine.optim import build_optimizer, build_scheduler
 from crossmodal.errors import DataError
+from crossmodal.sections import OptimConfig
 
 
 class LinearProbe(nn.Module):

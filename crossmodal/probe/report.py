@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from crossmodal.config import atomic_write, atomic_write_text
+from crossmodal.tempfiles import atomic_write, atomic_write_text
 
 # (row key, column header); metric columns appear only when some row has them.
 ID_COLUMNS = (("method", "method"), ("checkpoint", "checkpoint"), ("arch", "arch"), ("modality", "modality"),

@@ -27,7 +27,7 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn as nn
 
-from crossmodal.config import REQUIRED, Bound, ModelConfig, RunConfig, above, at_least
+from crossmodal.config import REQUIRED, Bound, above, at_least
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
 from crossmodal.engine import ModelMeta, Task, Trainer, resolve_device, run_dir_for, seed_everything
@@ -36,6 +36,7 @@ from crossmodal.engine.teachers import FrozenTeacher, TeacherCheckpoint, freeze_
 from crossmodal.errors import ConfigError
 from crossmodal.losses import DistillSpec, OutputShapes, build_distiller, get_distiller, output_shapes
 from crossmodal.modalities import in_chans
+from crossmodal.sections import ModelConfig, RunConfig
 from crossmodal.tasks.teach import build_classifier
 
 log = logging.getLogger("crossmodal")

@@ -36,8 +36,8 @@ from typing import ClassVar, Literal, Optional, Union
 import torch
 import torch.nn as nn
 
-from crossmodal.config import (REQUIRED, Bound, OptimConfig, RunConfig, check_key_path, config_to_dict, from_dict,
-                               load_config, parse_override, read_yaml, save_config, set_dotted, at_least)
+from crossmodal.config import (REQUIRED, Bound, check_key_path, config_to_dict, from_dict, load_config,
+                               parse_override, read_yaml, save_config, set_dotted, at_least)
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import open_prepared
 from crossmodal.data.transforms import PairedAugment
@@ -51,6 +51,7 @@ from crossmodal.probe.diagnostics import correlation_difference, linear_cka, plo
 from crossmodal.probe.features import InputAdapter, cache_key, cached, extract_features, resolve_stage
 from crossmodal.probe.linear import evaluate_linear_probe, fit_linear_probe
 from crossmodal.probe.report import plot_class_iou, plot_histories, write_json, write_report
+from crossmodal.sections import OptimConfig, RunConfig
 from crossmodal.tasks.teach import ClassifierTask
 
 log = logging.getLogger("crossmodal")

@@ -32,9 +32,10 @@ from typing import Callable, Union
 
 import torch
 
-from crossmodal.config import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
-from crossmodal.config import atomic_write_text
 from crossmodal.errors import ConfigError
+from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
+from crossmodal.tasks.teach import TeachConfig
+from crossmodal.tempfiles import atomic_write_text
 
 ARCH = "resnet8"  # the CIFAR-style zoo's smallest ResNet: about 300 training images/s on one CPU core
 # Intra-op threads while the quickstart runs. A 64-crop batch of 32 px images is too small to split

@@ -1,18 +1,19 @@
 """`teach`: train a supervised classifier on one modality of a prepared file (a teacher, or a baseline).
 
-    from crossmodal.config import TeachConfig, load_config
-    from crossmodal.tasks.teach import run_teach
+    from crossmodal.config import load_config
+    from crossmodal.tasks.teach import TeachConfig, run_teach
     summary = run_teach(load_config("configs/cifar100/resnet56.yaml", TeachConfig))
 
 Samples with label -1 (e.g. STL-10's unlabeled split) are left out of both splits.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crossmodal.config import ModelConfig, TeachConfig
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.transforms import PairedAugment
 from crossmodal.engine import ModelMeta, Task, Trainer, resolve_device, run_dir_for, seed_everything
@@ -20,6 +21,14 @@ from crossmodal.engine.distributed import distributed_job
 from crossmodal.errors import ConfigError
 from crossmodal.modalities import in_chans
 from crossmodal.models import build_model
+from crossmodal.sections import ModelConfig, RunConfig
+
+
+@dataclass
+class TeachConfig(RunConfig):
+    """`crossmodal teach`: a supervised classifier on one modality."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 class ClassifierTask(Task):
