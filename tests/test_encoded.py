@@ -32,12 +32,13 @@ from torch.utils.data import DataLoader
 
 from cli.main import app
 from conftest import SHARED_DATA
-from crossmodal.config import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig, TeachConfig
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import open_prepared
 from crossmodal.data.transforms import PairedAugment, SampleRandom
 from crossmodal.engine import load_checkpoint
 from crossmodal.errors import ConfigError, DataError
+from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
+from crossmodal.tasks.teach import TeachConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SUB224 = SHARED_DATA / "imagenette2-224-sub.tgz"
