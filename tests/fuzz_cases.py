@@ -429,6 +429,15 @@ def _prepare_cases() -> list[Case]:
                   message=msg) for name, (f, msg) in src.items()]
     cases.append(Case("prepare-imagefolder-strict-corrupt-image", lambda w: [
         "prepare", "imagefolder", str(_folder(w, corrupt="one")), "--out", out(w), "--strict"], message="1.png"))
+    for encoding in ("jpeg", "png"):  # encoded preparation treats unreadable images as raw preparation does
+        cases.append(Case(f"prepare-imagefolder-{encoding}-strict-corrupt-image", lambda w, e=encoding: [
+            "prepare", "imagefolder", str(_folder(w, corrupt="one")), "--out", out(w), "--strict", "--encoding", e,
+            "-j", "2"], message="1.png"))
+        cases.append(Case(f"prepare-imagefolder-{encoding}-all-images-corrupt", lambda w, e=encoding: [
+            "prepare", "imagefolder", str(_folder(w, corrupt="all")), "--out", out(w), "--encoding", e],
+            message="could be read"))
+    cases.append(Case("prepare-rgbd-encoded", lambda w: ["prepare", "rgbd", str(_rgbd(w)), "--out", out(w),
+                                                         "--encoding", "jpeg"], message="stores colour images only"))
     cases += [Case(f"prepare-rgbd-{name}", lambda w, kw=kw: ["prepare", "rgbd", str(_rgbd(w, **kw)), "--out", out(w)],
                    message=msg) for name, (kw, msg) in {
         "no-depth": ({"depth": False}, "depth"),
@@ -445,6 +454,11 @@ def _prepare_cases() -> list[Case]:
         "modality-empty": (["-m", ","], "no modality"),
         "only-splits-unknown": (["--only-splits", "val"], "val"),
         "bad-option": (["--sise", "3"], "--sise"),
+        "encoding-unknown": (["--encoding", "gif"], "--encoding"),
+        "max-side-zero": (["--encoding", "jpeg", "--max-side", "0"], "--max-side"),
+        "max-side-raw": (["--max-side", "64"], "--max-side needs --encoding jpeg or png"),
+        "quality-zero": (["--encoding", "jpeg", "--quality", "0"], "--quality"),
+        "encoded-modality-unavailable": (["--encoding", "jpeg", "-m", "rgb,depth"], "depth"),
     }
     cases += [Case(f"prepare-option-{name}", lambda w, a=a: ["prepare", "imagefolder", str(w.images), "--out", out(w),
                                                                *a], message=msg) for name, (a, msg) in options.items()]
@@ -455,6 +469,9 @@ def _prepare_cases() -> list[Case]:
     }
     cases += [Case(f"prepare-out-{name}", lambda w, f=f: ["prepare", "imagefolder", str(w.images), "--out", f(w)],
                    message=msg) for name, (f, msg) in outs.items()]
+    cases += [Case(f"prepare-out-{name}-encoded", lambda w, f=f: ["prepare", "imagefolder", str(w.images), "--out",
+                                                                  f(w), "--encoding", "jpeg"], message=msg)
+              for name, (f, msg) in outs.items()]
     cifar = {
         "payload-meta": (lambda w: _cifar(w, meta_obj=_SystemCall()), "refused"),
         "payload-batch": (lambda w: _cifar(w, batch_obj={"data": _SystemCall()}), "refused"),
