@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cli.main import app
 from crossmodal.errors import ConfigError
-from crossmodal.tasks.quickstart import REAL_DATASET_COMMANDS, run_quickstart
+from cli.quickstart import REAL_DATASET_COMMANDS, run_quickstart
 from data_prep.samples import PHOTOS, load_photo, read_sample_photos, resize_short_side, split_cells
 
 torch.set_num_threads(1)
