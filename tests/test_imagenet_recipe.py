@@ -29,7 +29,8 @@ from crossmodal.tasks.teach import TeachConfig, run_teach  # noqa: E402
 
 torch.set_num_threads(1)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "imagenet"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "imagenet"
 ARCHIVE = SHARED_DATA / "imagenette2-224-sub.tgz"
 PER_CLASS = {"train": 8, "val": 4}  # images per class taken from the archive: 80 train, 40 val (10 classes)
 MAX_SIDE, SIZE = 72, 64  # stored images at most 72 px (prepare --max-side); training and evaluation crops of 64
@@ -81,6 +82,12 @@ def test_every_imagenet_config_has_the_table3_recipe():
 
 
 # ------------------------------------------------------------------------------------ the runs, end to end
+def subprocess_env() -> dict:
+    """The environment of the prepare and torchrun subprocesses: one thread, this checkout's modules first."""
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
+
+
 @pytest.fixture(scope="module")
 def imagenette(tmp_path_factory) -> Path:
     """A prepared file of the first PER_CLASS images of each class and split of imagenette2-224-sub: encoded JPEGs,
@@ -102,10 +109,10 @@ def imagenette(tmp_path_factory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(archive.extractfile(member).read())
     out = root / "imagenette.h5"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     done = subprocess.run([sys.executable, "-m", "cli", "prepare", "imagefolder", str(root / "images"), "--out",
                            str(out), "-m", "rgb", "--encoding", "jpeg", "--max-side", str(MAX_SIDE), "-j", "1"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
@@ -172,10 +179,10 @@ def test_table3_distill_configs_run(name, imagenette, teacher, tmp_path):
 def test_two_gloo_ranks_keep_identical_half_crd_memories(imagenette, teacher, tmp_path):
     """The CRD config under torchrun (2 processes, gloo) with memory_dtype float16: both ranks end with the same
     memories and Z, bit for bit, in float16; the 16 rows the 2 steps of 8 visited are unit rows."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
            str(imagenette), str(teacher), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"crd_state.{rank}.pt", weights_only=True) for rank in range(2)]
     assert set(ranks[0]) == {"losses.crd.0.memory_student.rows", "losses.crd.0.memory_teacher.rows",
