@@ -198,7 +198,7 @@ def encoded_rate(path: Path, modalities: list[str], augment: PairedAugment, work
     batches = min(batches, len(ds) // BATCH - 1)
     ds.set_epoch(1)
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0), collate_fn=ds.collate_fn)  # as the trainer does
     iterator = iter(loader)
     next(iterator)
     first = time.perf_counter() - start
