@@ -340,6 +340,12 @@ def test_images_of_different_sizes_need_a_fixed_size_transform(files, tmp_path):
     ds = PreparedDataset(out, "test", ["rgb", "ab"], augment=PairedAugment(center_crop=48))
     assert [ds[i]["ab"].shape for i in range(2)] == [(2, 48, 48)] * 2
     assert open_prepared(out)[1]["splits"]["test"]["modalities"]["rgb"] == (3, None, None)
+    from crossmodal.data.device_data import use_device_resident
+
+    with pytest.raises(ConfigError, match="encoded images are decoded by the loader"):
+        use_device_resident(True, ds, torch.device("cpu"))
+    inspected = CliRunner().invoke(app, ["inspect", str(out)])
+    assert inspected.exit_code == 0 and "jpeg, 96..96 wide, 80..96 high" in inspected.output
 
 
 def gpu_path_against_cpu(files, device: torch.device) -> None:
