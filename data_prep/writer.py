@@ -499,17 +499,20 @@ def _write_split(h5: h5py.File, split: SplitSource, modalities: list[str], size:
                 writer = SplitWriter(group, block, split.count)
             writer.write(block, where)
             raw.raise_first_error()
-            for name, partial in block.stats.items():
-                if name in stats:
-                    stats[name].merge(partial)
-                else:
-                    stats[name] = partial
+            _merge_stats(stats, block.stats)
         bar.update(block.n_items)
-    if writer is None:
-        raise DataError(f"{where}: none of the {split.count} images of split {split.name!r} could be read")
-    _summarise_skipped(skipped, split.name)
+    _end_split(writer is not None, skipped, split, where)
     writer.finish()
     return writer.rows, skipped
+
+
+def _merge_stats(stats: dict, partial: dict) -> None:
+    """Fold a block's per-modality running statistics into the split's."""
+    for name, part in partial.items():
+        if name in stats:
+            stats[name].merge(part)
+        else:
+            stats[name] = part
 
 
 def _note_skipped(names: list[str], skipped: list[str], strict: bool) -> None:
@@ -523,9 +526,13 @@ def _note_skipped(names: list[str], skipped: list[str], strict: bool) -> None:
         skipped.append(name)
 
 
-def _summarise_skipped(skipped: list[str], split: str) -> None:
+def _end_split(wrote_any: bool, skipped: list[str], split: SplitSource, where: str) -> None:
+    """After a split's last block: an error when no image could be read, else a summary of the skipped ones."""
+    if not wrote_any:
+        raise DataError(f"{where}: none of the {split.count} images of split {split.name!r} could be read")
     if len(skipped) > WARN_SKIPPED:
-        log.warning("skipped %d unreadable images in split %r (listed in the file's provenance)", len(skipped), split)
+        log.warning("skipped %d unreadable images in split %r (listed in the file's provenance)", len(skipped),
+                    split.name)
 
 
 ENCODED_CHUNK_ROWS = 1024  # rows per chunk of an encoded dataset (16-byte heap references; reads use the cache)
@@ -561,15 +568,9 @@ def _write_encoded_split(h5: h5py.File, split: SplitSource, pool: EncodePool, op
             rows += block.rows
             reencoded += block.reencoded
             raw.raise_first_error()
-            for name, partial in block.stats.items():
-                if name in stats:
-                    stats[name].merge(partial)
-                else:
-                    stats[name] = partial
+            _merge_stats(stats, block.stats)
         bar.update(block.n_items)
-    if dataset is None:
-        raise DataError(f"{where}: none of the {split.count} images of split {split.name!r} could be read")
-    _summarise_skipped(skipped, split.name)
+    _end_split(dataset is not None, skipped, split, where)
     if rows != split.count:
         dataset.resize(rows, axis=0)
     group.create_dataset("rgb_size", data=sizes[:rows])
