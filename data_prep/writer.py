@@ -559,10 +559,14 @@ def _write_encoded_split(h5: h5py.File, split: SplitSource, pool: EncodePool, op
                                                chunks=(max(1, min(split.count, ENCODED_CHUNK_ROWS)),))
             if rows + block.rows > split.count:
                 raise RuntimeError(f"split {split.name}: reader announced {split.count} items but gave more")
-            column = np.empty(block.rows, dtype=object)
-            for i, data in enumerate(block.data):
-                column[i] = data
-            dataset[rows:rows + block.rows] = column
+            if len({d.size for d in block.data}) > 1:
+                column = np.empty(block.rows, dtype=object)
+                for i, data in enumerate(block.data):
+                    column[i] = data
+                dataset[rows:rows + block.rows] = column
+            else:  # one row, or rows of one length: h5py would take them for a 2-D array; written one by one
+                for i, data in enumerate(block.data):
+                    dataset[rows + i] = data
             sizes[rows:rows + block.rows] = block.sizes
             labels[rows:rows + block.rows] = block.labels
             rows += block.rows

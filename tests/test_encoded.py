@@ -136,6 +136,38 @@ def test_max_side_shrinks_the_longer_side_and_keeps_the_aspect(tmp_path):
             assert [pil_rgb(row).shape[:2] for row in f[f"{split}/rgb"][:]] == [(67, 100), (100, 67)]
 
 
+def test_the_file_does_not_depend_on_the_number_of_workers(files, tmp_path):
+    one = tmp_path / "one.h5"
+    prepare("imagefolder", MINI96, "--out", one, "--encoding", "jpeg", "-j", "1")
+    with h5py.File(one, "r") as a, h5py.File(files["96-jpeg"], "r") as b:  # made with -j 2
+        assert a.attrs["stats"] == b.attrs["stats"]
+        for split in ("train", "test"):
+            assert [r.tobytes() for r in a[f"{split}/rgb"][:]] == [r.tobytes() for r in b[f"{split}/rgb"][:]]
+            for name in ("rgb_size", "label"):
+                assert np.array_equal(a[f"{split}/{name}"][:], b[f"{split}/{name}"][:])
+
+
+def test_exif_rotated_jpegs_keep_their_bytes_and_decode_as_raw_preparation_decodes_them(tmp_path):
+    """A 224x150 JPEG tagged 'rotate 90' (EXIF orientation 6): OpenCV turns it upright (150x224) in raw and encoded
+    preparation alike; the encoded file keeps its bytes and records the upright size."""
+    (name, data), = tar_images(need(SUB224), "val")[:1]
+    image = Image.fromarray(pil_rgb(data)[:150])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for split in ("train", "test"):
+        (tmp_path / "src" / split / "a").mkdir(parents=True)
+        image.save(tmp_path / "src" / split / "a" / "0.jpg", exif=exif.tobytes(), quality=95)
+    source = (tmp_path / "src" / "test" / "a" / "0.jpg").read_bytes()
+    prepare("imagefolder", tmp_path / "src", "--out", tmp_path / "raw.h5", "-j", "1")
+    prepare("imagefolder", tmp_path / "src", "--out", tmp_path / "jpeg.h5", "--encoding", "jpeg", "-j", "1")
+    with h5py.File(tmp_path / "raw.h5", "r") as raw, h5py.File(tmp_path / "jpeg.h5", "r") as enc:
+        assert raw["test/rgb"].shape == (1, 3, 224, 150)
+        assert enc["test/rgb"][0].tobytes() == source and enc["test/rgb_size"][0].tolist() == [224, 150]
+        expected = raw["test/rgb"][0]
+    sample = PreparedDataset(tmp_path / "jpeg.h5", "test", ["rgb"], normalize=False)[0]["rgb"]
+    assert np.array_equal((sample.numpy() * 255).round().astype(np.uint8), expected)
+
+
 def test_png_encoding_stores_the_raw_files_pixels_exactly(files):
     with h5py.File(files["96-raw"], "r") as raw, h5py.File(files["96-png"], "r") as png:
         for split in ("train", "test"):
