@@ -14,6 +14,7 @@ differences under a point as noise (the compression table gives the seed spread 
 """
 from __future__ import annotations
 
+from benchmarks import teachers
 from benchmarks.common import Bench, bench, budget_text, main_guard, new_figure, parser
 
 TEACHER = "cifar10_resnet20"
@@ -55,7 +56,7 @@ def main() -> None:
     data = b.data("cifar10")
     sweep = QUICK_SWEEP if b.quick else SWEEP
     k_ref = max(sweep["K"]) if b.quick else K_DEFAULT
-    teacher = b.teacher(TEACHER)
+    teacher = teachers.teacher(b, TEACHER)
     common = ["--seed", "0", "--set", f"data.path={data}"] + ([] if b.quick else ["--epochs", str(EPOCHS)])
     crd = [*common, "--set", f"teachers.0.checkpoint={teacher['path']}"]
     steps = [b.train("distill", STUDENT_CONFIG, run_name(k, t), *crd, "--set", f"loss_params.crd.nce_k={k}",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from benchmarks import partial
 from crossmodal.tempfiles import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ class Bench:
         """The record of finished step `name` (a run or probe/<probe name>); noted for the results .json."""
         path = self.records_dir / f"{name}.json"
         if not path.exists():
-            raise SystemExit(f"{self.name}: no record {_shown(path)}: the step that writes it has not run")
+            raise SystemExit(f"{self.name}: no record {shown(path)}: the step that writes it has not run")
         if name not in self.used:
             self.used.append(name)
         return json.loads(path.read_text())
@@ -158,19 +159,6 @@ class Bench:
     def probe_rows(self, name: str) -> list[dict]:
         """The result rows of finished probe `name`, from its record."""
         return self.record(f"probe/{name}")["results"]["rows"]
-
-    def teacher(self, name: str, device: list[str] = ()) -> dict:
-        """Benchmark teacher `name` (benchmarks.teachers): its checkpoint path (repository-relative), test top-1,
-        sha256 and budget; the committed file, else trained now (at the quick budget under --quick)."""
-        from benchmarks import teachers
-
-        path = teachers.ensure(self, [name], list(device))[name]
-        rec = teachers.load_records().get(name) if path.parent == teachers.TEACHER_DIR else None
-        if rec is None:  # a --quick teacher: its run's own numbers
-            run = self.record(name)
-            rec = {"test_top1": run["summary"]["final_test_top1"], "sha256": None, "passes": run["budget"]["passes"],
-                   "arch": run["summary"]["arch"]}
-        return {"name": name, "path": _shown(path), **{k: rec[k] for k in ("test_top1", "sha256", "passes", "arch")}}
 
     def budget(self, name: str) -> dict:
         """The budget of finished run `name`: epochs, steps per epoch, batch, images seen, passes."""
@@ -224,10 +212,8 @@ class Bench:
             if self._record_is_stale(step):
                 _clear(step.done.parent)
             elif step.resume_from is not None and not self.quick:
-                from benchmarks import partial  # an unfinished run saved by an earlier session continues
-
-                if partial.restore(step.resume_from.parent):
-                    print(f"  restored {_shown(step.resume_from.parent)} from {_shown(partial.PARTIAL)}", flush=True)
+                if partial.restore(step.resume_from.parent):  # an unfinished run of an earlier session
+                    print(f"  restored {shown(step.resume_from.parent)} from {shown(partial.PARTIAL)}", flush=True)
             todo.append(step)
         missing = [p for step in todo for p in step.needs if not p.exists()]
         producers = [self._producers[d] for d in dict.fromkeys(d for p in missing for d in self._producers
@@ -260,7 +246,7 @@ class Bench:
                 step = todo.pop(0)
                 cmd = step.cmd + (["--resume"] if step.resume_from is not None and step.resume_from.exists() else [])
                 log = logs / f"{_slug(step)}.log"
-                print(f"+ {shlex.join(cmd)}   (log: {_shown(log)})", flush=True)
+                print(f"+ {shlex.join(cmd)}   (log: {shown(log)})", flush=True)
                 handle = open(log, "w")
                 running.append((step, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle,
                                                        stderr=subprocess.STDOUT), log, time.perf_counter()))
@@ -274,7 +260,7 @@ class Bench:
                 running.remove(item)
                 if proc.returncode != 0:
                     tail = log.read_text().strip().splitlines()[-1:] or [""]
-                    failed.append(f"{step.text} exited {proc.returncode} ({tail[0]}; log {_shown(log)})")
+                    failed.append(f"{step.text} exited {proc.returncode} ({tail[0]}; log {shown(log)})")
                 else:
                     self._write_record(step, time.perf_counter() - started)
                     print(f"  done: {step.text}", flush=True)
@@ -387,7 +373,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """`path` relative to the repo when it is inside it."""
     try:
         return str(path.relative_to(REPO))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks import teachers
 from benchmarks.common import (REPO, Bench, BenchmarkSkipped, Step, bench, budget_text, main_guard, mean_std,
                                new_figure, parser, welch_t)
 
@@ -87,7 +88,7 @@ def student_steps(b: Bench, p: dict, teacher_path: str, seeds: list[int], data: 
 def teacher_for(b: Bench, p: dict, data: list[str], device: list[str]) -> dict:
     """The profile's teacher: the committed benchmark teacher (cpu), or a `teach` run of the paper's config (gpu)."""
     if p["teacher_cfg"] is None:
-        return b.teacher(p["teacher"], device)
+        return teachers.teacher(b, p["teacher"], device)
     step = b.train("teach", p["teacher_cfg"], p["teacher"], *data, *device)
     b.run_stage([step])
     summary = b.summary(p["teacher"])

@@ -13,6 +13,7 @@ chosen by test accuracy.
 """
 from __future__ import annotations
 
+from benchmarks import teachers
 from benchmarks.common import REPO, Bench, Step, bench, budget_text, main_guard, new_figure, paired_bars, parser
 
 L_TEACHER = "imagenette96_L_mobilenetv3"  # a benchmark teacher (benchmarks.teachers)
@@ -74,7 +75,7 @@ def main() -> None:
     args = parser("crossmodal_imagenette", __doc__).parse_args()
     b = bench("crossmodal_imagenette", args)
     data = b.data("imagenette")
-    teacher = b.teacher(L_TEACHER)
+    teacher = teachers.teacher(b, L_TEACHER)
     for stage in stages(b, teacher, data):
         b.run_stage(stage)
     report(b, teacher, data)

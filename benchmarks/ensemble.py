@@ -12,7 +12,7 @@ the report is written. One seed only.
 """
 from __future__ import annotations
 
-from benchmarks import ablation
+from benchmarks import ablation, teachers
 from benchmarks.common import Bench, bench, budget_text, checkpoint_test_probs, main_guard, new_figure, parser
 
 TEACHERS = 4
@@ -43,18 +43,18 @@ def main() -> None:
     args = parser("ensemble", __doc__).parse_args()
     b = bench("ensemble", args)
     data = b.data("cifar10")
-    teachers = [b.teacher(teacher_name(k)) for k in range(n_teachers(b))]
-    paths = [t["path"] for t in teachers]
+    members = [teachers.teacher(b, teacher_name(k)) for k in range(n_teachers(b))]
+    paths = [t["path"] for t in members]
     b.run_stage([b.train("distill", STUDENT_CONFIG.format(suffix), student_run(method, n), "--seed", "0",
                          "--set", f"data.path={data}", "--set", teachers_override(paths[:n]))
                  for method, suffix in METHODS.items() for n in range(1, n_teachers(b) + 1)]
                 + [ablation.vanilla_step(b, data)])
-    report(b, data, teachers)
+    report(b, data, members)
 
 
-def teacher_test_probs(teachers: list[dict], data: str):
+def teacher_test_probs(members: list[dict], data: str):
     """(softmax outputs (N, classes) of each teacher on the test split, labels (N,))."""
-    return checkpoint_test_probs([t["path"] for t in teachers], data, "rgb")
+    return checkpoint_test_probs([t["path"] for t in members], data, "rgb")
 
 
 def top1(probs, labels) -> float:
@@ -62,8 +62,8 @@ def top1(probs, labels) -> float:
     return 100.0 * (probs.argmax(1) == labels).float().mean().item()
 
 
-def report(b: Bench, data: str, teachers: list[dict]) -> None:
-    probs, labels = teacher_test_probs(teachers, data)
+def report(b: Bench, data: str, members: list[dict]) -> None:
+    probs, labels = teacher_test_probs(members, data)
     sizes = list(range(1, n_teachers(b) + 1))
     ensemble = {n: top1(sum(probs[:n]) / n, labels) for n in sizes}
     students = {m: {n: b.summary(student_run(m, n))["final_test_top1"] for n in sizes} for m in METHODS}
@@ -74,7 +74,7 @@ def report(b: Bench, data: str, teachers: list[dict]) -> None:
         "one seed (0) per point, so no error bars: a small difference may be seed noise.",
         "",
         f"Budget, first: each student {budget_text(b.budget(student_run('KD', 1)))}; each teacher "
-        f"{teachers[0]['passes']:g} passes; the paper trains for 240 epochs. The resnet8 student from labels alone "
+        f"{members[0]['passes']:g} passes; the paper trains for 240 epochs. The resnet8 student from labels alone "
         f"at the students' budget: {vanilla:.2f} (`{ablation.VANILLA}`).",
         "",
         "What each method does with n teachers (crossmodal/tasks/distill.py): KD (ce 0.1, kd 0.9, T 4) matches "
@@ -98,7 +98,7 @@ def report(b: Bench, data: str, teachers: list[dict]) -> None:
         "| teacher | test top-1 (computed here) | recorded in teachers/teachers.json |",
         "|---|---|---|",
     ]
-    for k, t in enumerate(teachers):
+    for k, t in enumerate(members):
         body.append(f"| `{t['path']}` | {top1(probs[k], labels):.2f} | {t['test_top1']:.2f} |")
     body += [
         "",
@@ -106,7 +106,7 @@ def report(b: Bench, data: str, teachers: list[dict]) -> None:
         "240 epochs) shows CRD's student error below KD's at every ensemble size. Differences here: CIFAR-10, "
         "resnet8 teachers of the student's own architecture, and the budget above.",
     ]
-    results = {"metric": "final-epoch test top-1 (%)", "seed": 0, "teachers": teachers,
+    results = {"metric": "final-epoch test top-1 (%)", "seed": 0, "teachers": members,
                "budget": b.budget(student_run("KD", 1)), "labels_only": vanilla,
                "ensemble_top1": {str(n): v for n, v in ensemble.items()},
                "students": {m: {str(n): v for n, v in per_n.items()} for m, per_n in students.items()}}

@@ -18,8 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.common import REPO
 
+REPO = Path(__file__).resolve().parents[1]
 PARTIAL = REPO / "benchmarks" / "partial"
 RUNS = REPO / "runs"
 MAX_MB = 16.0  # a saved checkpoint larger than this is left out (CRD memories over 50,000 rows are ~50 MB)

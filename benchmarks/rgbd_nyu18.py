@@ -12,6 +12,7 @@ runs end to end on real RGB-D data, not a result.
 """
 from __future__ import annotations
 
+from benchmarks import teachers
 from benchmarks.common import Bench, Step, bench, budget_text, main_guard, new_figure, paired_bars, parser
 
 TEACHER = "imagenette96_rgb_mobilenetv3"  # a benchmark teacher (benchmarks.teachers)
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser("rgbd_nyu18", __doc__).parse_args()
     b = bench("rgbd_nyu18", args)
     nyu = b.data("nyu18")
-    teacher = b.teacher(TEACHER)
+    teacher = teachers.teacher(b, TEACHER)
     for stage in stages(b, teacher, nyu):
         b.run_stage(stage)
     report(b, teacher, nyu)

@@ -11,7 +11,7 @@ no optimiser or RNG state) to teachers/<name>.pt. The exported file is evaluated
 in a separate process from its training, and teachers/teachers.json records its sha256, test top-1,
 budget, the exact command, the training wall time and the machine; teachers/README.md is that table.
 
-A benchmark asks for a teacher by name (`Bench.teacher`): the committed file when its sha256 matches the
+A benchmark asks for a teacher by name (`teachers.teacher(b, name)`): the committed file when its sha256 matches the
 record, else this module trains it. The last epoch is exported, not the best one, so the test split never
 selects the weights.
 """
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import REPO, Bench, Step, bench, git_commit, machine_line, main_guard, parser, run_budget
+from benchmarks.common import (REPO, Bench, Step, bench, git_commit, machine_line, main_guard, parser, run_budget,
+                               shown)
 
 TEACHER_DIR = REPO / "teachers"
 RECORDS = TEACHER_DIR / "teachers.json"
@@ -187,6 +188,18 @@ def ensure(b: Bench, names: list[str], device: list[str] = ()) -> dict[str, Path
             print(f"teachers: {name}: {export(b, name, step)}")
             paths[name] = TEACHER_DIR / f"{name}.pt"
     return paths
+
+
+def teacher(b: Bench, name: str, device: list[str] = ()) -> dict:
+    """Benchmark teacher `name` for experiment `b`: its checkpoint path (repository-relative), test top-1, sha256
+    and budget; the committed file, else trained now (at the quick budget under --quick)."""
+    path = ensure(b, [name], list(device))[name]
+    rec = load_records().get(name) if path.parent == TEACHER_DIR else None
+    if rec is None:  # a --quick teacher: its run's own numbers
+        run = b.record(name)
+        rec = {"test_top1": run["summary"]["final_test_top1"], "sha256": None, "passes": run["budget"]["passes"],
+               "arch": run["summary"]["arch"]}
+    return {"name": name, "path": shown(path), **{k: rec[k] for k in ("test_top1", "sha256", "passes", "arch")}}
 
 
 def check() -> int:

@@ -13,7 +13,7 @@ training. Every network is probed at last.pt, the weights of its reported final 
 """
 from __future__ import annotations
 
-from benchmarks import compression
+from benchmarks import compression, teachers
 from benchmarks.common import Bench, Step, bench, budget_text, main_guard, new_figure, paired_bars, parser
 
 METHODS = ["vanilla", "KD", "CRD", "CRD+KD"]
@@ -42,7 +42,7 @@ def main() -> None:
     b = bench("transfer", args)
     p = compression.profile("tinyimagenet100")
     tiny, imagenette = b.data("tinyimagenet100"), b.data("imagenette")
-    teacher = b.teacher(p["teacher"])
+    teacher = teachers.teacher(b, p["teacher"])
     students = compression.student_steps(b, p, teacher["path"], [SEED], ["--set", f"data.path={tiny}"], [], METHODS)
     vanilla = compression.run_name(p, "vanilla", SEED)
     probes = [probe(b, p["teacher"], teacher["path"], imagenette)]
