@@ -281,7 +281,8 @@ def encoded_main(args) -> None:
              "(main + workers) | samples/s the cores it may use would give when idle |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m} | {t} | {s} | {w} | {rate:.0f} | {first:.2f} | {cpu:.2f} | {1000 * min(max(w, 1), 2) / cpu:.0f} "
               f"({min(max(w, 1), 2)} core{'s' if w > 1 else ''}) |" for m, t, s, w, rate, first, cpu in rows]
-    lines += ["", "Per-image costs in one process (median of 3 rounds of 640 images):", ""]
+    lines += ["", "Per-image costs in one process (wall clock, so they grow with the machine's load; median of 3 rounds of "
+              "640 images):", ""]
     lines += [f"- {label}: {us:.0f} us" for label, us in costs.items()]
     two = next(r for r in rows if r[0] == "rgb" and r[2] == "train" and r[3] == 2)
     lines += ["", f"Target: the 2-core loader feeds at least 800 images/s at 224 px (rgb, training transform). "
@@ -290,10 +291,11 @@ def encoded_main(args) -> None:
               f"their own would give about {2000 / two[6]:.0f} samples/s (2,000 CPU ms per second / CPU ms per "
               "sample; an estimate, not a measurement).",
               "", "Notes:",
-              "- Other jobs (two trainings) shared the 2 cores during the measurement (see the load average above); "
+              "- Other jobs (trainings) shared the 2 cores during the measurement (see the load average above); "
               "the loader's rate scales with the CPU it gets.",
-              "- About half of a sample's CPU is moving float32 pixels (the normalised 3x224x224 sample is 600 kB; "
-              "the batch is stacked into shared memory): decoding a 224-px JPEG costs about 0.2 ms of CPU.",
+              "- Decoding a 224-px JPEG is a fifth of a sample's CPU or less; the rest is cropping and resizing, "
+              "conversion to normalised float32 (600 kB a sample) and stacking the batch into shared memory (the "
+              "default collate, in the worker).",
               "- L and ab are derived per sample after decoding (CIE Lab of the 224x224 crop), which costs more "
               "than the JPEG decode itself."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
