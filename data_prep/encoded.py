@@ -4,7 +4,8 @@ Per item, in a worker process (a fork-started pool: the source's items, archive 
 are inherited, not pickled; blocks come back in item order, so the file does not depend on the
 number of workers):
 
-    JPEG source, no resize needed      -> the source bytes, unchanged
+    JPEG source, no resize needed      -> the source bytes, unchanged (unless an EXIF orientation
+                                          turns it: re-encoded upright, as every decoder then agrees)
     JPEG source, longer side > --max-side
                                        -> decoded at a reduced size by libjpeg (DCT scaling, the
                                           largest 1/2, 1/4, 1/8 keeping the longer side >= N),
@@ -38,7 +39,7 @@ import cv2
 import numpy as np
 
 from crossmodal.color import rgb_to_lab
-from crossmodal.data.codec import decode, is_jpeg, jpeg_size, reduction_for
+from crossmodal.data.codec import decode, is_jpeg, jpeg_orientation, jpeg_size, reduction_for
 from crossmodal.errors import DataError
 from crossmodal.modalities import MODALITIES
 from data_prep.source import SplitSource
@@ -122,18 +123,15 @@ def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
     if options.encoding != "jpeg" or options.size is not None or data is None or not is_jpeg(data):
         return None
     header = jpeg_size(data)
-    if header is None:
-        return None  # left to the raw decoder, which decides whether it is readable
+    if header is None or jpeg_orientation(data) != 1:
+        # no frame header: left to the raw decoder to judge; EXIF-rotated: re-encoded upright (as OpenCV turns
+        # it), so that every decoder, nvJPEG included, reads the stored bytes the same way
+        return None
     h, w = header
     if options.max_side is None or max(h, w) <= options.max_side:
-        k = stats_reduction(h, w)
-        if k > 1 and h != w and _ceil_div(h, k) == _ceil_div(w, k):
-            k = 1  # an EXIF rotation would not show in the reduced size: decode fully to learn it
-        reduced = decode(data, k)  # decodes the whole entropy-coded stream: validates it
+        reduced = decode(data, stats_reduction(h, w))  # decodes the whole entropy-coded stream: validates it
         if reduced is None:
             return "unreadable"
-        if reduced.shape[:2] != (_ceil_div(h, k), _ceil_div(w, k)):
-            h, w = w, h  # EXIF orientation turned it by 90 degrees (the loader's decoder does the same)
         return np.frombuffer(bytes(data), np.uint8), (h, w), reduced, False
     long_side = max(h, w)
     k = max(f for f in (1, 2, 4, 8) if long_side / f >= options.max_side)

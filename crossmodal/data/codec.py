@@ -49,6 +49,36 @@ def jpeg_size(data) -> tuple[int, int] | None:
     return None
 
 
+def jpeg_orientation(data) -> int:
+    """The EXIF orientation (1-8) a JPEG's APP1 segment gives, 1 when it has none (or it cannot be read)."""
+    head = bytes(memoryview(data)[:1 << 16])  # APP segments come first and are at most 64 kB each
+    pos = 2
+    while pos + 4 <= len(head) and head[pos] == 0xFF:
+        marker = head[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _SOF or marker == 0xDA:
+            return 1
+        length = int.from_bytes(head[pos + 2:pos + 4], "big")
+        if marker == 0xE1 and head[pos + 4:pos + 10] == b"Exif\0\0":
+            tiff = pos + 10
+            order = {b"II": "little", b"MM": "big"}.get(head[tiff:tiff + 2])
+            if order is None:
+                return 1
+            ifd = tiff + int.from_bytes(head[tiff + 4:tiff + 8], order)
+            for k in range(int.from_bytes(head[ifd:ifd + 2], order)):
+                entry = ifd + 2 + 12 * k
+                if entry + 12 > len(head):
+                    break
+                if int.from_bytes(head[entry:entry + 2], order) == 0x0112:  # Orientation, a SHORT
+                    value = int.from_bytes(head[entry + 8:entry + 10], order)
+                    return value if 1 <= value <= 8 else 1
+            return 1
+        pos += 2 + length
+    return 1
+
+
 def decode(data, reduce: int = 1) -> np.ndarray | None:
     """Encoded bytes -> (H, W, 3) uint8 RGB, JPEGs at 1/reduce of their size (rounded up); None if unreadable."""
     buffer = np.frombuffer(data, np.uint8)

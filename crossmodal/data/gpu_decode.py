@@ -31,27 +31,22 @@ def collate(samples: list[dict]) -> dict:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """Move a collated batch to `device`, the encoded bytes included (nvJPEG reads them from the GPU)."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, list):
-            out[key] = [v.to(device, non_blocking=True) for v in value]
-        else:
-            out[key] = value.to(device, non_blocking=True)
-    return out
+    """Move a collated batch's tensors to `device`; the encoded bytes stay on the CPU, where decode_jpeg reads them
+    (it hands them to nvJPEG itself)."""
+    return {key: value if isinstance(value, list) else value.to(device, non_blocking=True)
+            for key, value in batch.items()}
 
 
 def decode_batch(batch: dict, modality: str, mean: torch.Tensor, std: torch.Tensor) -> dict:
-    """Replace `<modality>_encoded` and `<modality>_geometry` by `<modality>`: (B, 3, h, w) float32 normalised.
+    """Replace `<modality>_encoded` and `<modality>_geometry` by `<modality>`: (B, 3, h, w) float32 normalised,
+    on the device of `mean` and `std` ((3,) in [0, 1] units).
 
-    `mean`, `std`: (3,) in [0, 1] units, on the batch's device."""
+    Stored JPEGs carry no EXIF rotation (prepare re-encodes rotated ones upright), which nvJPEG would ignore."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = batch.pop(modality + ENCODED_SUFFIX)
     geometry = batch.pop(modality + GEOMETRY_SUFFIX).tolist()  # one host read per batch
-    device = data[0].device
-    images = decode_jpeg(data if device.type == "cuda" else [d.cpu() for d in data], mode=ImageReadMode.RGB,
-                         device=device)
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=mean.device)
     crops = []
     for image, (top, left, h, w, out_h, out_w, flip) in zip(images, geometry):
         box = image[:, top:top + h, left:left + w].float()
