@@ -384,8 +384,17 @@ def test_images_of_different_sizes_need_a_fixed_size_transform(files, tmp_path):
 
     with pytest.raises(ConfigError, match="encoded images are decoded by the loader"):
         use_device_resident(True, ds, torch.device("cpu"))
-    inspected = CliRunner().invoke(app, ["inspect", str(out)])
+    sheet = tmp_path / "mixed.png"
+    inspected = CliRunner().invoke(app, ["inspect", str(out), "--sheet", str(sheet), "--split", "test"])
     assert inspected.exit_code == 0 and "jpeg, 96..96 wide, 80..96 high" in inspected.output
+    from crossmodal.data import sheet as layout
+
+    image = cv2.imread(str(sheet))  # columns: the 96x96 image, then the 96x80 one fitted inside its tile (aspect kept)
+    y, tile = layout.HEADER_HEIGHT, layout.TILE
+    first, second = (image[y:y + tile, x:x + tile] for x in (layout.LABEL_WIDTH, layout.LABEL_WIDTH + tile + layout.GAP))
+    margin = (tile - round(80 * tile / 96)) // 2  # rows of background above the fitted 96x80 image
+    assert (second[:margin] == layout.BACKGROUND).all() and not (second[margin + 1] == layout.BACKGROUND).all()
+    assert not (first[0] == layout.BACKGROUND).all()
 
 
 def gpu_path_against_cpu(files, device: torch.device) -> None:
