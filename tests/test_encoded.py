@@ -647,3 +647,38 @@ def test_teach_on_an_encoded_file_resumes_exactly(files, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
     assert a["metrics"][-1]["test_top1"] == b["metrics"][-1]["test_top1"]
+
+
+def test_linear_probe_reads_mixed_sizes_through_the_evaluation_crop_and_keys_its_cache_by_it(files, tmp_path):
+    """An encoded file of 96x96 and 96x80 photos: the linear probe refuses it without data.eval_augment (one
+    line naming the fix), probes it through the centre crop, and caches features per transform."""
+    from crossmodal.tasks.probe import ProbeConfig, ProbeOptimConfig, run_probe
+    from crossmodal.tasks.teach import run_teach
+
+    root = tmp_path / "mixed"
+    images = tar_images(MINI96, "val")
+    for split, chosen in (("train", images[:8]), ("test", images[8:12])):
+        for i, (name, data) in enumerate(chosen):
+            (root / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pil_rgb(data)[: 96 - 16 * (i % 2)]).save(root / split / f"c{i % 2}" / f"{i}.jpg")
+    data = tmp_path / "mixed.h5"
+    prepare("imagefolder", root, "--out", data, "--encoding", "jpeg", "-j", "1")
+    crop = AugmentConfig(center_crop=32)
+    run_teach(TeachConfig(name="t", out_dir=str(tmp_path), data=DataConfig(path=str(data), augment=AugmentConfig(
+        random_resized_crop=32), eval_augment=crop), model=ModelConfig(arch="resnet8"),
+        optim=OptimConfig(batch_size=4, epochs=1), engine=EngineConfig(device="cpu", progress=False)))
+
+    def probe(eval_augment: AugmentConfig, name: str) -> dict:
+        return run_probe(ProbeConfig(name=name, out_dir=str(tmp_path / "probe"),
+                                     checkpoint=str(tmp_path / "t" / "last.pt"),
+                                     data=DataConfig(path=str(data), eval_augment=eval_augment),
+                                     optim=ProbeOptimConfig(epochs=2, batch_size=4),
+                                     engine=EngineConfig(device="cpu", progress=False)))
+
+    with pytest.raises(ConfigError, match="give it a fixed-size transform"):
+        probe(AugmentConfig(), "plain")
+    rows = probe(crop, "crop32")["rows"]
+    assert len(rows) == 1 and rows[0]["top1"] in (0.0, 25.0, 50.0, 75.0, 100.0)  # scored on the 4 test photos
+    assert len(list((tmp_path / "probe" / "feature_cache").glob("*.pt"))) == 2  # train and test features
+    probe(AugmentConfig(center_crop=24), "crop24")
+    assert len(list((tmp_path / "probe" / "feature_cache").glob("*.pt"))) == 4  # another crop: other entries

@@ -109,18 +109,23 @@ def extract_features(model: nn.Module, dataset, modality: str, stage: Stage, ada
     return {"features": torch.cat(features), "logits": torch.cat(logits), "labels": torch.cat(labels)}
 
 
-def data_identity(path: str | Path) -> dict:
-    """Resolved path, size and mtime of a data file (what the cache key uses instead of hashing it)."""
+def file_stamp(path: str | Path) -> dict:
+    """Resolved path, size and mtime of a data file: a cheap stamp the cache key uses instead of hashing it
+    (a run folder's resume check uses crossmodal.engine.rundir.data_identity, a content identity, instead)."""
     path = Path(path).resolve()
     stat = path.stat()
     return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def cache_key(network: str, data_path: str | Path, split: str, modality: str, stage: Stage,
-              adapter: InputAdapter) -> dict:
-    """The plain-data key of one cache entry; `network` is a checkpoint sha256 or a random-init description."""
-    return {"version": CACHE_VERSION, "network": network, "data": data_identity(data_path), "split": split,
-            "modality": modality, "stage": stage, "input": adapter.describe()}
+              adapter: InputAdapter, transform: Optional[str] = None) -> dict:
+    """The plain-data key of one cache entry; `network` is a checkpoint sha256 or a random-init description,
+    `transform` the samples' fixed transform (e.g. a centre crop), None for the stored images as they are."""
+    key = {"version": CACHE_VERSION, "network": network, "data": file_stamp(data_path), "split": split,
+           "modality": modality, "stage": stage, "input": adapter.describe()}
+    if transform is not None:  # absent otherwise, so the entries cached before this key existed stay valid
+        key["transform"] = transform
+    return key
 
 
 def cache_path(cache_dir: str | Path, key: dict) -> Path:

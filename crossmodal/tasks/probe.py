@@ -6,7 +6,8 @@
 
 Methods (`method`):
 - linear: the network is frozen; features of `stage` ("embedding" or a stage index, pooled) of
-  the train split (no augmentation) and the test split are extracted once, cached on disk, and
+  the train split and the test split (no augmentation; `data.eval_augment`'s centre crop on both when set,
+  as encoded files of mixed image sizes need) are extracted once, cached on disk, and
   a linear classifier (standardised features, `optim`) is trained on them.
 - finetune: the whole network is trained from the checkpoint by the engine (Trainer +
   ClassifierTask), with a new classifier head when the probe data's classes differ.
@@ -234,9 +235,14 @@ def _finish(cfg: ProbeConfig, rows: list[dict], notes: list[str], images: list[P
 def run_linear(cfg: ProbeConfig) -> dict:
     """Linear probe on cached frozen features of cfg.stage; returns the results (see run_probe)."""
     setup = _Setup(cfg)
-    common = dict(modalities=[setup.modality], labeled_only=True, preload=cfg.data.preload, seed=cfg.seed)
+    # Both splits through the evaluation transform (data.eval_augment: a centre crop, or none): features
+    # are extracted once from fixed inputs, never from random crops.
+    transform = PairedAugment.eval_from_config(cfg.data.eval_augment)
+    common = dict(modalities=[setup.modality], labeled_only=True, preload=cfg.data.preload, seed=cfg.seed,
+                  augment=transform)
     train = PreparedDataset(cfg.data.path, cfg.data.train_split, **common)
     test = PreparedDataset(cfg.data.path, cfg.data.test_split, **common)
+    described = None if transform is None else f"center_crop {transform.center_crop} of {transform.crop_fraction:g}"
     adapter = setup.adapter(train.stats[setup.modality])
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "feature_cache"
     rows, histories, cache_hits = [], {}, []
@@ -253,7 +259,8 @@ def run_linear(cfg: ProbeConfig) -> dict:
                 return extract_features(model, dataset, setup.modality, stage, adapter, setup.device,
                                         cfg.optim.batch_size, cfg.data.workers)
 
-            key = cache_key(subject.network_id, cfg.data.path, dataset.split, setup.modality, stage, adapter)
+            key = cache_key(subject.network_id, cfg.data.path, dataset.split, setup.modality, stage, adapter,
+                            described)
             entries[split], hit = cached(cache_dir, key, extract)
             cache_hits.append(hit)
         probe, history = fit_linear_probe(entries["train"]["features"], entries["train"]["labels"], train.num_classes,
