@@ -414,6 +414,26 @@ def test_rank_slices_of_distinct_draws_equal_the_global_draw():
     assert torch.equal(torch.cat(parts), whole)
 
 
+@pytest.mark.parametrize("replacement", [False, True])
+def test_sampling_draws_from_the_generator_given_and_ranks_slice_one_draw(replacement):
+    """A seeded generator gives the same rows again and leaves the global RNG alone; on 2 ranks each rank's rows
+    are its slice of the one-process draw (both the distinct and the i.i.d. path)."""
+    labels = make_labels(num_rows=300, num_classes=4, unlabeled=0)
+    classes, index = ClassIndex(labels, 4), torch.arange(8) * 30
+
+    def draw(seed, **kw):
+        return sample_negatives(index[kw.pop("rows", slice(None))], 50, 300, classes, replacement=replacement,
+                                generator=torch.Generator().manual_seed(seed), **kw)
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first, again, other = draw(1), draw(1), draw(2)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream was not used
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    parts = [draw(1, rows=slice(4 * r, 4 * r + 4), rank=r, world=2) for r in range(2)]
+    assert torch.equal(torch.cat(parts), first)
+
+
 def test_crd_draws_distinct_negatives_by_default_and_iid_with_replacement_true():
     def repeats(**params) -> int:
         crd = make_crd(**params)
