@@ -13,7 +13,8 @@ Profiles:
 - cpu (default): resnet20 -> resnet8, each student 15 passes over the training set (configs/cpu/).
 - gpu: the paper's CIFAR-100 recipe (240 epochs, batch 64, lr 0.05, steps at 150/180/210, K 16384),
   resnet32x4 -> resnet8x4, from configs/cifar100/. Needs CUDA and data/cifar100.h5
-  (`crossmodal prepare cifar100 cifar-100-python.tar.gz --out data/cifar100.h5`); it skips otherwise.
+  (`crossmodal prepare cifar100 ~/torchvision-data --download --out data/cifar100.h5`, a torchvision root);
+  it skips otherwise.
 
 Every finished run leaves a record (benchmarks/results/records/<run>.json), so the table can be completed
 over several sessions; the results are benchmarks/results/compression_<dataset>.md and .json.

@@ -29,7 +29,7 @@ from benchmarks.common import (REPO, Bench, Step, bench, git_commit, machine_lin
 
 TEACHER_DIR = REPO / "teachers"
 RECORDS = TEACHER_DIR / "teachers.json"
-MAX_TOTAL_MB = 40.0  # committed teacher weights, all together
+MAX_TOTAL_MIB = 40.0  # committed teacher weights, all together (MiB)
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,9 @@ def write_records(records: dict) -> None:
     """teachers/teachers.json and the table of teachers/README.md (atomically)."""
     from crossmodal.tempfiles import atomic_write_text
 
-    total_mb = sum(r["size_bytes"] for r in records.values()) / 2**20
-    if total_mb > MAX_TOTAL_MB:
-        raise SystemExit(f"teachers: the committed weights would take {total_mb:.1f} MB (limit {MAX_TOTAL_MB:.0f})")
+    total_mib = sum(r["size_bytes"] for r in records.values()) / 2**20
+    if total_mib > MAX_TOTAL_MIB:
+        raise SystemExit(f"teachers: the committed weights would take {total_mib:.1f} MiB (limit {MAX_TOTAL_MIB:.0f} MiB)")
     atomic_write_text(RECORDS, json.dumps(records, indent=1, sort_keys=True) + "\n")
     lines = [
         "# Teachers the benchmarks distill from", "",
@@ -146,7 +146,7 @@ def write_records(records: dict) -> None:
         "`--check` verifies them). Test top-1 is measured on the exported file, on the dataset's test split "
         "(for Tiny-ImageNet-100 and Imagenette, their val split). Load one with "
         "`crossmodal.engine.load_model(path)` or name it as a distill config's teacher checkpoint.", "",
-        f"Weights in all: {total_mb:.1f} MB (limit {MAX_TOTAL_MB:.0f} MB).", "",
+        f"Weights in all: {total_mib:.1f} MiB (limit {MAX_TOTAL_MIB:.0f} MiB).", "",
         "| teacher | arch | input | data | test top-1 | passes | train time | device | sha256 (first 16) | used by |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

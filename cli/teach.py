@@ -17,7 +17,7 @@ def teach(config, overrides, resume):
 
     \b
     Example:
-      crossmodal teach configs/cpu/cifar10_resnet20.yaml --epochs 2 --set engine.max_steps_per_epoch=20
+      crossmodal teach configs/teachers/cifar10_resnet20.yaml --epochs 2 --set engine.max_steps_per_epoch=20
     """
     from crossmodal.tasks.teach import TeachConfig, run_teach
 

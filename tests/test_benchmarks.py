@@ -224,7 +224,7 @@ def test_committed_teachers_match_their_records():
         assert name in teachers.TEACHERS
         assert file_sha256(common.REPO / rec["file"]) == rec["sha256"], name
         assert rec["size_bytes"] == (common.REPO / rec["file"]).stat().st_size
-    assert sum(r["size_bytes"] for r in records.values()) <= teachers.MAX_TOTAL_MB * 2**20
+    assert sum(r["size_bytes"] for r in records.values()) <= teachers.MAX_TOTAL_MIB * 2**20
 
 
 def test_export_weights_keeps_the_network_and_drops_the_rest(tmp_path):

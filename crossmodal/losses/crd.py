@@ -14,15 +14,16 @@ What is implemented (paper Sec. 3.1 and the reference code's behaviour):
   `"ema"` starts there and then follows Z_batch with momentum `z_momentum` (see
   contrast_memory.PartitionEstimate): Z then tracks the scores as the heads learn instead of staying at its
   random-head value, which changes the effective weight of the positive against the negatives (the critic's
-  P / (P + K/N) saturates differently); it is not the paper's algorithm, and its effect is measured in the
-  ablation (benchmarks/results/ablation.md).
+  P / (P + K/N) saturates differently); it is not the paper's algorithm, and `benchmarks/ablation.py` measures
+  its effect (docs/DISTILLERS.md lists each switch's use and its ablation variant).
 - `positive="memory"` (the reference's): the anchor's positive is its own row of the other side's memory, i.e.
   the other network's embedding of the sample from the last epoch it was seen in, and a random unit vector
   before its first visit. With `positive="batch"` the positive is the other side's embedding of the same sample
   in this batch (detached, like a memory row), as in the paper's critic h(T(x_i), S(x_i)); the negatives still
   come from the memory. They differ most in runs shorter than a few passes over the data (every first visit
-  scores a random positive under "memory"); in the CPU ablation (benchmarks/results/ablation.md, under one
-  pass) "batch" was worse than the reference's "memory", which stays the default.
+  scores a random positive under "memory"); in the first CPU ablation (under one pass, withdrawn with its weak
+  teacher: benchmarks/results/archive/2026-11-26-weak-teachers/) "batch" was worse than the reference's
+  "memory", which stays the default.
 - After the loss is computed (training mode only), the rows of the batch's samples move towards the new
   embeddings: row <- normalise(nce_m * row + (1 - nce_m) * embedding), without autograd.
 
