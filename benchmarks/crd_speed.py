@@ -7,7 +7,8 @@ feat_dim 128, N 50000 rows (CIFAR-100 sized, 100 balanced classes), for K = 4096
 - "reference": the reference code's algorithm, done the way it does it: each sample's K negatives drawn
   with numpy in the data pipeline (np.random.choice over the other classes' rows, without replacement when
   K fits), the (B, K+1) index block sent to the device, then index_select + bmm, Z read back with .item();
-- ours, per-sample negatives, scoring all rows with one matmul or gathering (B, K, D) rows like the reference;
+- ours, per-sample negatives drawn without replacement like the reference (the default) or i.i.d.
+  (`replacement: true`), scoring all rows with one matmul or gathering (B, K, D) rows like the reference;
 - ours, one shared set of K negatives per batch.
 Part 2 times a whole training step resnet32x4 -> resnet8x4 (batch 64, 32 px, K 16384): student alone (CE),
 +KD, +CRD (ours, per-sample and shared negatives), +CRD (reference algorithm).
@@ -191,8 +192,9 @@ def loss_alone(args, device, k):
         return step
 
     steps = {"reference (numpy per-sample sampling + gather + bmm)": reference_step}
-    for name, params, all_rows in (("ours, per_sample, all-rows matmul", {}, True),
-                                   ("ours, per_sample, gathered rows", {}, False),
+    for name, params, all_rows in (("ours, per_sample without replacement (default), all-rows matmul", {}, True),
+                                   ("ours, per_sample, replacement: true, all-rows matmul", {"replacement": True}, True),
+                                   ("ours, per_sample without replacement, gathered rows", {}, False),
                                    ("ours, shared", {"negatives": "shared"}, None)):
         crd = CRDLoss(crd_spec(args.num_rows, labels), feat_dim=128, nce_k=k, **params).to(device)
         crd.memory_student.score_all_rows = crd.memory_teacher.score_all_rows = all_rows
