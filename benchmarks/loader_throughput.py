@@ -212,6 +212,33 @@ def encoded_rate(path: Path, modalities: list[str], augment: PairedAugment, work
     return batches * BATCH / wall, first, cpu / (batches * BATCH) * 1e3
 
 
+def gpu_decode_rate(path: Path, device: torch.device, workers: int, batches: int) -> tuple[float, float, float]:
+    """(samples/s, seconds to the first batch, CPU ms per sample of the loader's processes) of `data.decode: cuda`: the workers hand over each
+    row's bytes and drawn geometry, and every batch is decoded, cropped, resized, flipped and normalised on
+    `device` (crossmodal.data.gpu_decode), timed until the device has finished."""
+    start = time.perf_counter()
+    ds = PreparedDataset(path, "train", ["rgb"], augment=PairedAugment(random_resized_crop=224, hflip=True),
+                         decode="cuda")
+    batches = min(batches, len(ds) // BATCH - 1)
+    ds.set_epoch(1)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
+                        generator=torch.Generator().manual_seed(0), collate_fn=ds.collate_fn)
+    iterator = iter(loader)
+    ds.device_transform(next(iterator), device)
+    first = time.perf_counter() - start
+    pids = [os.getpid()] + [w.pid for w in getattr(iterator, "_workers", [])]
+    cpu = sum(_cpu_seconds(pid) for pid in pids)
+    start = time.perf_counter()
+    for _ in range(batches):
+        out = ds.device_transform(next(iterator), device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    assert out["rgb"].shape == (BATCH, 3, 224, 224)
+    cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu
+    return batches * BATCH / wall, first, cpu / (batches * BATCH) * 1e3
+
+
 def encoded_costs(path: Path, reads: int = 640) -> dict[str, float]:
     """Microseconds per image of the steps behind one encoded sample, in this process (median of 3 rounds)."""
     from crossmodal.data.codec import decode
@@ -270,6 +297,12 @@ def encoded_main(args) -> None:
             rows.append((label, transform, split, workers, rate, first, cpu_ms))
             print(f"{label:15s} {transform:30s} {split:5s} workers={workers}: {rate:6.0f} samples/s "
                   f"(first batch after {first:.2f} s), {cpu_ms:.2f} CPU ms per sample")
+    if args.decode_device:
+        device = torch.device(args.decode_device)
+        rate, first, cpu_ms = gpu_decode_rate(path, device, 2, args.batches)
+        rows.append(("rgb", f"RandomResizedCrop 224 + flip, data.decode cuda on {device}", "train", 2, rate, first,
+                     cpu_ms))
+        print(f"rgb decoded on {device}: {rate:6.0f} samples/s, {cpu_ms:.2f} CPU ms per sample")
     lines = ["# Loader throughput on encoded JPEG rows (ImageNet path), 224 px", "",
              f"Command: `{command}`  ", f"Machine: {where}  ",
              f"Data: Imagenette train (4,000 JPEGs of 224x224, ImageNet's own bytes) and val (1,500), prepared "
@@ -312,6 +345,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="timed batches per loader setting")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--encoded", action="store_true", help="measure the encoded (ImageNet) path instead")
+    parser.add_argument("--decode-device", default=None,
+                        help="with --encoded: also time data.decode cuda, decoding each batch on this device "
+                             "(cuda on a GPU machine; cpu runs the same path for a check)")
     args = parser.parse_args()
     results = REPO / "benchmarks" / "results"
     if args.encoded:
