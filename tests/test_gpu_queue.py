@@ -48,7 +48,8 @@ def test_queue_order_follows_the_issue_and_students_wait_for_their_teacher(tmp_p
     results.mkdir()
     benchmark_teachers = [j.name for j in jobs if j.group == "b"]
     assert benchmark_teachers == [f"teacher_{name}" for name in teachers.TEACHERS]  # every benchmark teacher
-    for name in ("speed", *benchmark_teachers, "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
+    assert names[1] == "gpu_decode"
+    for name in ("speed", "gpu_decode", *benchmark_teachers, "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
         (results / f"gpu_{name}.json").write_text(json.dumps({"status": "done"}))
     kd = next(j for j in jobs if j.name == "t1_vgg13_vgg8_kd_s0")
     assert queue.status(kd, results, state) == "waiting"  # its teacher's weights are not here
@@ -131,6 +132,23 @@ def test_a_run_continues_over_slots_and_ends_with_the_weights_of_one_run(tmp_pat
     b = load_checkpoint(tmp_path / f"device{len(records) - 1}" / "runs" / job.name / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not queue.teacher_file(job.name, host_state).exists()  # only teacher jobs return weights
+
+
+@pytest.mark.slow  # ~20 s: prepares 5,500 JPEGs and times five loaders
+def test_the_decode_job_prepares_encoded_jpegs_and_times_the_device_decode_path(tmp_path):
+    """The GPU decode job on the CPU (the same path, decode_jpeg on the CPU): it prepares the carried 224-px
+    archive as JPEG rows and returns one report with the CPU loader's rows and the device-decode row."""
+    job = next(j for j in queue.build_jobs() if j.name == "gpu_decode")
+    archive = queue.SHARED_DATA / queue.DATASETS[job.dataset][0]
+    if not archive.exists():
+        pytest.skip(f"{archive} is absent (../shared/data not beside the repository)")
+    carry = queue.carried_files(job)
+    assert list(carry) == [f"{queue.DATA_LINK}/imagenette2-224-sub.tgz"]
+    record = queue.run_job(job, tmp_path / "out", state=tmp_path / "state", device="cpu")
+    assert record["status"] == "done"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_gpu_decode.json", "gpu_gpu_decode.md"]
+    report = (tmp_path / "out" / "gpu_gpu_decode.md").read_text()
+    assert "data.decode cuda on cpu" in report and "RandomResizedCrop 224 + flip | train | 2 |" in report
 
 
 def test_next_prints_the_device_command_and_what_it_carries(capsys):

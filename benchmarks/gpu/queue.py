@@ -11,7 +11,8 @@ A GPU slot is a bare machine with no network for 15 minutes in all, start includ
 working tree, which travels whole, plus the data archive from ../shared/data and the files it carries
 from .gpu_state/), and returns at most 8 files of at most 16 MiB (results; a teacher's weights; a
 partial run's state when it fits). The order is the issue's:
-  a. `speed`: the speed targets (benchmarks.gpu.speed);
+  a. `speed`: the speed targets (benchmarks.gpu.speed); `gpu_decode`: data.decode cuda on encoded 224-px JPEGs
+     against the 2-worker CPU loader (benchmarks/loader_throughput.py --encoded --decode-device cuda);
   b. the benchmarks' teachers (configs/teachers/), unless teachers/ already holds them: each is
      `python -m benchmarks.teachers --only NAME --device cuda`, the CPU's own command, and comes back as
      teachers/NAME.pt with its teachers.json record (or, stopped at the budget, as a benchmarks.partial
@@ -63,6 +64,7 @@ DATASETS = {
     "cifar10": ("cifar10.tar.gz", ["--modalities", "rgb,L,ab"]),
     "tinyimagenet100": ("tinyimagenet100-32.tar.gz", ["--modalities", "rgb"]),
     "imagenette": ("imagenette2-96.tgz", ["--modalities", "rgb,L,ab"]),
+    "imagenette224": ("imagenette2-224-sub.tgz", ["--encoding", "jpeg"]),  # ImageNet's own JPEG bytes
 }
 GPU_ENGINE = ["--set", "engine.device=cuda", "--set", "engine.precision=bf16", "--set", "engine.channels_last=true",
               "--set", "engine.progress=false", "--set", "data.workers=8"]
@@ -76,7 +78,7 @@ class Job:
 
     name: str
     group: str  # a, b, c, d (the issue's order)
-    kind: str  # speed | teach | distill
+    kind: str  # speed | decode | teach | distill
     title: str
     config: str = ""  # repository path of the run's config
     dataset: str = ""  # DATASETS key
@@ -92,7 +94,9 @@ class Job:
 
 def build_jobs() -> list[Job]:
     """The queue, in order (see the module docstring)."""
-    jobs = [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch")]
+    jobs = [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch"),
+            Job("gpu_decode", "a", "decode", "data.decode cuda on encoded 224-px JPEGs against the 2-worker CPU loader",
+                dataset="imagenette224")]
     from benchmarks.teachers import TEACHERS
 
     for name, spec in TEACHERS.items():
@@ -221,7 +225,9 @@ def prepare_data(job: Job, work: Path, prepared: Path | None) -> Path:
     out = work / "data" / f"{job.dataset}.h5"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        source = REPO / DATA_LINK / archive
+        source = REPO / DATA_LINK / archive  # what the device call carries; here ../shared/data serves too
+        if not source.exists():
+            source = SHARED_DATA / archive
         run([sys.executable, "-m", "cli", "prepare", "imagefolder", str(source), "--out", str(out), *args,
              "--workers", str(min(16, os.cpu_count() or 1))])
     return out
@@ -281,6 +287,14 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
         record.update(status="done", results=json.loads((raw / "gpu_speed.json").read_text()),
                       markdown=(raw / "gpu_speed.md").read_text())
         shutil.rmtree(raw)
+        return _finish(job, out, record, started)
+    if job.kind == "decode":
+        data = prepare_data(job, state or STATE, prepared)
+        raw = out / "loader_throughput_encoded_gpu.md"
+        run([sys.executable, "benchmarks/loader_throughput.py", "--encoded", "--h5", str(data), "--decode-device",
+             device, "--out", str(raw), *(["--batches", "3"] if device == "cpu" else [])])
+        record.update(status="done", markdown=raw.read_text())
+        raw.unlink()
         return _finish(job, out, record, started)
     if job.group == "b":
         return _run_benchmark_teacher(job, out, record, started, device, budget_s)
