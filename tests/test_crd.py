@@ -58,6 +58,16 @@ def run_crd(crd, s_emb, t_emb, index, negatives=None):
     return crd({"embedding": s_emb}, {"embedding": t_emb}, {"index": index}, negatives=negatives)
 
 
+def assert_continues_alike(crd, restored) -> None:
+    """The next step of a restored module gives the original's loss and memory update (same negatives)."""
+    s_emb, t_emb, index = make_batch(seed=3)
+    torch.manual_seed(7)
+    expected = run_crd(crd, s_emb, t_emb, index)
+    torch.manual_seed(7)
+    assert run_crd(restored, s_emb, t_emb, index).item() == expected.item()
+    assert torch.equal(restored.memory_teacher.rows, crd.memory_teacher.rows)
+
+
 # ------------------------------------------------------------------ the paper's algorithm, one sample at a time
 def reference_heads(crd, s_emb, t_emb):
     """g_S(s), g_T(t) from the heads' weights, normalise(x W^T + b), without calling the module's code."""
@@ -548,12 +558,7 @@ def test_state_dict_round_trip_gives_the_same_next_loss():
         run_crd(crd, *make_batch(seed=seed)).backward()
     restored = make_crd(seed=99)
     restored.load_state_dict(crd.state_dict())
-    s_emb, t_emb, index = make_batch(seed=3)
-    torch.manual_seed(7)
-    expected = run_crd(crd, s_emb, t_emb, index)
-    torch.manual_seed(7)
-    assert run_crd(restored, s_emb, t_emb, index).item() == expected.item()
-    assert torch.equal(restored.memory_teacher.rows, crd.memory_teacher.rows)
+    assert_continues_alike(crd, restored)
 
 
 def test_autocast_and_small_temperature_keep_the_loss_finite_and_float32():
@@ -706,12 +711,7 @@ def test_half_memory_is_a_config_choice_and_checkpoints_keep_half_rows(tmp_path)
     assert state["memory_student.rows"].dtype == torch.float16
     restored = make_crd(seed=99, memory_dtype="float16")
     restored.load_state_dict(state)
-    s_emb, t_emb, index = make_batch(seed=3)
-    torch.manual_seed(7)
-    expected = run_crd(crd, s_emb, t_emb, index)
-    torch.manual_seed(7)
-    assert run_crd(restored, s_emb, t_emb, index).item() == expected.item()
-    assert torch.equal(restored.memory_teacher.rows, crd.memory_teacher.rows)
+    assert_continues_alike(crd, restored)
     note = make_crd().state_note()
     assert note == "crd: memories 2 x 300 rows x 16 float32 = 38.4 kB; loss_params.crd.memory_dtype: float16 halves it"
 

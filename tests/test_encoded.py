@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from cli.main import app
 from conftest import SHARED_DATA
+from test_engine import FailAtEpoch  # noqa: E402
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import open_prepared
 from crossmodal.data.transforms import PairedAugment, SampleRandom
@@ -586,27 +587,6 @@ def test_sigterm_during_encoded_prepare_stops_the_workers_and_leaves_nothing(tmp
 
 
 # ----------------------------------------------------------------------------- training
-
-
-class FailAtEpoch(torch.utils.data.Dataset):
-    """Wraps a dataset; raises KeyboardInterrupt when the trainer starts epoch `fail_epoch`."""
-
-    def __init__(self, dataset, fail_epoch: int):
-        self.dataset, self.fail_epoch = dataset, fail_epoch
-
-    def __getattr__(self, name):
-        return getattr(self.dataset, name)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i]
-
-    def set_epoch(self, epoch):
-        if epoch == self.fail_epoch:
-            raise KeyboardInterrupt("simulated crash")
-        self.dataset.set_epoch(epoch)
 
 
 def test_teach_on_an_encoded_file_resumes_exactly(files, tmp_path):
