@@ -188,9 +188,7 @@ def read_config_file(path: str | Path, schema_cls: type, _chain: tuple = ()) -> 
 def check_partial(cls, data: dict, source: str, prefix: str = "") -> None:
     """Check the keys and values `data` holds against dataclass `cls`, without asking for required keys."""
     fields = _fields(cls)
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r}{_hint(key, fields, prefix)}")
+    _check_known_keys(fields, data, source, prefix)
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
         tp = hints[name]
@@ -198,6 +196,13 @@ def check_partial(cls, data: dict, source: str, prefix: str = "") -> None:
             check_partial(tp, value, source, prefix + name + ".")
         else:
             check_bound(cls, name, _convert(tp, value, source, prefix + name), source, prefix + name)
+
+
+def _check_known_keys(fields: dict, data: dict, source: str, prefix: str) -> None:
+    """ConfigError naming the first key of `data` that is not a field (with the nearest field as a hint)."""
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r}{_hint(key, fields, prefix)}")
 
 
 def merge_sections(cls, base: dict, child: dict) -> dict:
@@ -231,9 +236,7 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>", prefix: str = 
     if not isinstance(data, dict):
         where = repr(prefix.rstrip(".")) if prefix else "the top level"
         raise ConfigError(f"{source}: {where} must be a mapping, got {_show(data)}")
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r}{_hint(key, fields, prefix)}")
+    _check_known_keys(fields, data, source, prefix)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
