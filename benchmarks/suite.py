@@ -37,6 +37,19 @@ EXPERIMENTS = [
 ]
 
 
+def cli_problem() -> str:
+    """Why the `crossmodal` command every step runs cannot start here ('' when it can): a stale or missing
+    install would otherwise fail every step of every experiment, one after the other."""
+    try:
+        done = subprocess.run(["crossmodal", "--version"], cwd=REPO, capture_output=True, text=True)
+    except FileNotFoundError:
+        return "the `crossmodal` command is not on PATH: install the package first (pip install -e .)"
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"`crossmodal --version` exited {done.returncode} ({last}): reinstall the package (pip install -e .)"
+    return ""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +61,10 @@ def main(argv=None) -> int:
     unknown = only - {name for name, _ in EXPERIMENTS}
     if unknown:
         ap.error(f"--only: unknown experiment(s) {sorted(unknown)}; known: {sorted({n for n, _ in EXPERIMENTS})}")
+    broken = cli_problem()
+    if broken:
+        print(f"benchmarks.suite: {broken}", file=sys.stderr)
+        return 2
     rows, started = [], time.perf_counter()
     for name, extra in EXPERIMENTS:
         if only and name not in only:

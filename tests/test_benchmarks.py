@@ -3,6 +3,8 @@ that carry finished runs across checkouts, resume, parallel jobs, failures, budg
 .json, committed teachers, and the commands the compression experiment builds."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -257,6 +259,21 @@ def test_suite_rejects_an_unknown_experiment(capsys):
         suite.main(["--only", "compresion"])
     assert err.value.code == 2
     assert "compresion" in capsys.readouterr().err
+
+
+def test_suite_stops_at_once_when_the_cli_cannot_start(tmp_path, monkeypatch, capsys):
+    """A stale install (the package imported from a deleted checkout) fails `crossmodal` itself: the suite says so
+    in one line and runs no experiment, instead of failing every step of all of them."""
+    broken = tmp_path / "crossmodal"
+    broken.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'cli'\" >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    ran, real_run = [], subprocess.run
+    monkeypatch.setattr(suite.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or real_run(cmd, **kw))
+    assert suite.main(["--only", "compression"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No module named 'cli'" in err and "pip install -e ." in err
+    assert ran == [["crossmodal", "--version"]]
 
 
 def test_gpu_check_without_cuda_says_how_to_run_it_on_a_cpu(capsys):
