@@ -163,6 +163,17 @@ def test_next_prints_the_device_command_and_what_it_carries(capsys):
         assert plan["input_mib"] * MiB <= queue.INPUT_LIMIT or plan["problems"]
 
 
+def test_the_dry_run_runs_the_next_job_end_to_end_on_the_cpu(capsys):
+    """`--dry-run --tiny`: the job the next GPU slot gets runs here at a tiny budget and finishes, so a slot is
+    not lost to a job that cannot start (~20 s: the speed job times five short step loops)."""
+    job = queue.next_job(queue.build_jobs())
+    if job is None:
+        pytest.skip("the queue is done: nothing left to dry-run")
+    assert queue.main(["--dry-run", "--tiny"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["job"] == job.name and last["status"] == "done"
+
+
 def test_a_returned_benchmark_teacher_is_filed_into_teachers_and_a_partial_run_into_benchmarks_partial(
         tmp_path, monkeypatch):
     from benchmarks import partial
