@@ -423,6 +423,27 @@ def test_run_teach_owns_the_process_group_it_joins(tmp_path, monkeypatch):
         torch.distributed.destroy_process_group()
 
 
+def test_a_trainer_used_directly_leaves_the_group_it_joined(tmp_path, monkeypatch):
+    """Without run_teach, a Trainer under torchrun joins the job itself and leaves it when fit() ends, also when
+    fit() fails; a group the caller joined before is the caller's and stays."""
+    data = make_prepared(tmp_path)
+    _torchrun_env(monkeypatch)
+    trainer = make_trainer(make_cfg(data, tmp_path / "a", epochs=1))
+    assert trainer.dist.distributed and torch.distributed.is_initialized()
+    trainer.fit()
+    assert not torch.distributed.is_initialized()
+    failing = make_trainer(make_cfg(data, tmp_path / "a", epochs=1))  # the run folder holds a run: fit() fails
+    with pytest.raises(ConfigError):
+        failing.fit()
+    assert not torch.distributed.is_initialized()
+    torch.distributed.init_process_group("gloo", init_method="env://")
+    try:
+        make_trainer(make_cfg(data, tmp_path / "b", epochs=1)).fit()
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_launch_rank_reads_torchrun_environment_only_when_launched(monkeypatch):
     from crossmodal.engine.distributed import launch_rank
 
@@ -444,7 +465,7 @@ def _ddp_worker(data: str, out_dir: str) -> None:
     gathered = all_gather_concat(torch.full((2, 3), float(rank)))
     assert gathered[:, 0].tolist() == [float(r) for r in range(world) for _ in range(2)], gathered
     trainer.fit()
-    torch.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized(), "the Trainer joined the job, so fit() must leave it"
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ from crossmodal.data.device_data import DeviceBatches, DeviceEvalLoader, DeviceS
 from crossmodal.distributed import all_reduce_sum
 from crossmodal.engine import checkpoint as ckpt_io
 from crossmodal.engine import rundir
-from crossmodal.engine.distributed import BlockDistributedSampler, DistInfo, ShardSampler, init_distributed
+from crossmodal.engine.distributed import (BlockDistributedSampler, DistInfo, ShardSampler, cleanup_distributed,
+                                          init_distributed, launched_by_torchrun)
 from crossmodal.engine.logging import RunLogger, get_logger
 from crossmodal.engine.optim import build_optimizer, build_scheduler
 from crossmodal.engine.step import CapturedStep, EagerStep, autocast_factory, cuda_graph_plan
@@ -138,6 +139,9 @@ class Trainer:
         self.resume_path = (self.run_dir / "last.pt") if resume is True else (Path(resume) if resume else None)
         engine = cfg.engine
         device = resolve_device(engine.device)
+        # A Trainer used directly under torchrun joins the job itself; it then leaves it when fit() ends. A group
+        # joined before (by run_teach / run_distill, or the caller) is not its own and stays.
+        self._leave_group_after_fit = launched_by_torchrun() and not torch.distributed.is_initialized()
         self.dist: DistInfo = init_distributed(device)
         if device.type == "cuda" and self.dist.distributed:
             device = torch.device("cuda", self.dist.local_rank)
@@ -306,9 +310,15 @@ class Trainer:
         """Train for cfg.optim.epochs epochs (continuing from the resume checkpoint); return the summary.
 
         Holds the run folder's lock throughout (a second run into it fails at once) and checks a
-        resume against the run's fingerprint (crossmodal.engine.rundir)."""
-        with rundir.RunFolder(self.run_dir, enabled=self.dist.is_main):
-            return self._fit()
+        resume against the run's fingerprint (crossmodal.engine.rundir). Under torchrun, a process group this
+        Trainer joined (it was constructed outside one) is left when fit() returns or fails: fit() once."""
+        try:
+            with rundir.RunFolder(self.run_dir, enabled=self.dist.is_main):
+                return self._fit()
+        finally:
+            if self._leave_group_after_fit:
+                self._leave_group_after_fit = False
+                cleanup_distributed()
 
     def _fit(self) -> dict:
         cfg, is_main = self.cfg, self.dist.is_main
