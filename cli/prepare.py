@@ -27,13 +27,17 @@ def common_options(command):
         click.option("--encoding", type=click.Choice(["raw", "jpeg", "png"]), default="raw", show_default=True,
                      help="How rgb is stored. raw: (N, 3, H, W) arrays, fastest to read, for small images. jpeg/png: "
                           "one encoded image per row, decoded by the loader (L and ab are then derived from rgb "
-                          "there); JPEG sources are stored unchanged unless resized. Images may differ in size."),
+                          "there); JPEG sources are stored unchanged unless resized or --reencode. Images may "
+                          "differ in size."),
         click.option("--max-side", type=click.IntRange(min=1), default=None, metavar="N",
                      help="With --encoding: shrink images whose longer side exceeds N to longer side N (aspect "
                           "kept; JPEGs decoded at reduced size by libjpeg) and re-encode them."),
         click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
                      help="JPEG quality of images that --encoding jpeg re-encodes (sources already JPEG and not "
-                          "resized keep their bytes)."),
+                          "resized keep their bytes, unless --reencode)."),
+        click.option("--reencode", is_flag=True,
+                     help="With --encoding jpeg: re-encode JPEG sources too (decoded and encoded with OpenCV, "
+                          "4:2:0, at --quality) instead of keeping their bytes, to make the file smaller."),
         click.option("--only-splits", default=None, metavar="LIST",
                      help="Comma-separated splits to keep, e.g. train,test to skip STL-10's 100,000 unlabeled "
                           "images. [default: all]"),
@@ -55,7 +59,7 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def _write(source, src: Path, out: Path, modalities: str | None, size: int | None, only_splits: str | None,
            workers: int, strict: bool, force: bool, encoding: str = "raw", max_side: int | None = None,
-           quality: int = 90) -> None:
+           quality: int = 90, reencode: bool = False) -> None:
     """Filter splits, record SRC and the command line, write the file and print a one-line summary."""
     from crossmodal.errors import ConfigError
     from data_prep.writer import write_prepared
@@ -73,7 +77,8 @@ def _write(source, src: Path, out: Path, modalities: str | None, size: int | Non
                                 **{k: None if v is None else str(v) for k, v in ctx.params.items()}}
     started = time.perf_counter()
     summary = write_prepared(source, out, _split_list(modalities), size=size, force=force, workers=workers,
-                             strict=strict, encoding=encoding, max_side=max_side, quality=quality)
+                             strict=strict, encoding=encoding, max_side=max_side, quality=quality,
+                             reencode=reencode)
     seconds = time.perf_counter() - started
     counts = summary["provenance"]["counts"]
     skipped = sum(summary["provenance"]["skipped"].values())

@@ -6,6 +6,8 @@ number of workers):
 
     JPEG source, no resize needed      -> the source bytes, unchanged (unless an EXIF orientation
                                           turns it: re-encoded upright, as every decoder then agrees)
+    JPEG source, no resize, --reencode -> decoded whole, re-encoded at --quality (to make a file
+                                          smaller); EXIF-rotated sources as above
     JPEG source, longer side > --max-side
                                        -> decoded at a reduced size by libjpeg (DCT scaling, the
                                           largest 1/2, 1/4, 1/8 keeping the longer side >= N),
@@ -112,9 +114,10 @@ class EncodeOptions:
     """What every worker needs to know: codec, resizing, and which stats to keep."""
 
     def __init__(self, encoding: str, max_side: int | None, size: int | None, quality: int,
-                 stat_modalities: list[str]):
+                 stat_modalities: list[str], reencode: bool = False):
         self.encoding, self.max_side, self.size, self.quality = encoding, max_side, size, quality
         self.stat_modalities = stat_modalities
+        self.reencode = reencode  # JPEG sources too are re-encoded at `quality` (else kept byte for byte)
 
 
 def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
@@ -128,6 +131,14 @@ def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
         # it), so that every decoder, nvJPEG included, reads the stored bytes the same way
         return None
     h, w = header
+    if options.reencode and (options.max_side is None or max(h, w) <= options.max_side):
+        decoded = decode(data)
+        if decoded is None:
+            return "unreadable"
+        encoded = encode_image(decoded, "jpeg", options.quality)
+        # stats from the stored bytes, decoded as kept bytes are (below), so they describe what the loader reads
+        reduced = decode(encoded, stats_reduction(h, w))
+        return encoded, (h, w), reduced, True
     if options.max_side is None or max(h, w) <= options.max_side:
         reduced = decode(data, stats_reduction(h, w))  # decodes the whole entropy-coded stream: validates it
         if reduced is None:

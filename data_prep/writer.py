@@ -301,10 +301,13 @@ ENCODABLE = {"rgb", "L", "ab"}  # modalities an encoded file offers (rgb stored 
 
 
 def _check_encoding(source: Source, modalities: list[str], encoding: str, max_side: int | None,
-                    quality: int) -> None:
+                    quality: int, reencode: bool = False) -> None:
     """ConfigError unless the encoding options fit the source and the modalities."""
     if encoding not in ENCODINGS:
         raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if reencode and encoding != "jpeg":
+        raise ConfigError(f"--reencode needs --encoding jpeg (it re-encodes JPEG sources at --quality), "
+                          f"got --encoding {encoding}")
     if encoding == "raw":
         if max_side is not None:
             raise ConfigError("--max-side needs --encoding jpeg or png (raw arrays share one size: use --size)")
@@ -348,17 +351,18 @@ def _check_request(source: Source, modalities: list[str] | None, out: Path, forc
 
 def write_prepared(source: Source, out: str | Path, modalities: list[str] | None = None, size: int | None = None,
                    force: bool = False, workers: int = DEFAULT_WORKERS, strict: bool = False, encoding: str = "raw",
-                   max_side: int | None = None, quality: int = JPEG_QUALITY) -> dict:
+                   max_side: int | None = None, quality: int = JPEG_QUALITY, reencode: bool = False) -> dict:
     """Write `source` to the HDF5 file `out` (atomically: temp file + rename); return the schema summary.
 
     `modalities` defaults to all the source can give; `size` resizes (see `fit_record`);
     unreadable images are skipped and counted, or stop the run with `strict`. `encoding` jpeg or
     png stores rgb as encoded images (data_prep/encoded.py; `max_side` shrinks larger ones,
-    `quality` is the JPEG quality of re-encoded images) and L/ab as derived by the reader.
+    `quality` is the JPEG quality of re-encoded images; `reencode` re-encodes JPEG sources too, which are
+    otherwise kept byte for byte) and L/ab as derived by the reader.
     """
     out = Path(out)
     modalities = _check_request(source, modalities, out, force, workers, size)
-    _check_encoding(source, modalities, encoding, max_side, quality)
+    _check_encoding(source, modalities, encoding, max_side, quality, reencode)
     encoded = encoding != "raw"
     derived = {m: DERIVED_FROM[m] for m in modalities if m in DERIVED_FROM} if encoded else {}
     where = str(source.provenance.get("src", source.name))  # what error messages name
@@ -383,7 +387,8 @@ def write_prepared(source: Source, out: str | Path, modalities: list[str] | None
                     split_stats = stats if split.name == stats_split else None
                     if encoded:
                         stat_modalities = ["rgb"] + list(derived) if split_stats is not None else []
-                        options = EncodeOptions(encoding, max_side, size, quality, stat_modalities)
+                        options = EncodeOptions(encoding, max_side, size, quality, stat_modalities,
+                                                reencode)
                         counts[split.name], skipped[split.name], reencoded[split.name] = _write_encoded_split(
                             h5, split, pool, options, strict, split_stats, bar, where, raw, out)
                     else:
@@ -391,7 +396,7 @@ def write_prepared(source: Source, out: str | Path, modalities: list[str] | None
                             h5, split, modalities, size, pool, workers, strict, split_stats, bar, where, raw, out)
             arguments = {"modalities": modalities, "size": size, "workers": workers, "strict": strict, "force": force}
             if encoded:
-                arguments.update(encoding=encoding, max_side=max_side, jpeg_quality=quality)
+                arguments.update(encoding=encoding, max_side=max_side, jpeg_quality=quality, reencode=reencode)
             provenance = {
                 **source.provenance,
                 "source": source.name,
