@@ -458,6 +458,8 @@ def _prepare_cases() -> list[Case]:
         "max-side-zero": (["--encoding", "jpeg", "--max-side", "0"], "--max-side"),
         "max-side-raw": (["--max-side", "64"], "--max-side needs --encoding jpeg or png"),
         "quality-zero": (["--encoding", "jpeg", "--quality", "0"], "--quality"),
+        "reencode-raw": (["--reencode"], "--reencode needs --encoding jpeg"),
+        "reencode-png": (["--encoding", "png", "--reencode"], "--reencode needs --encoding jpeg"),
         "encoded-modality-unavailable": (["--encoding", "jpeg", "-m", "rgb,depth"], "depth"),
     }
     cases += [Case(f"prepare-option-{name}", lambda w, a=a: ["prepare", "imagefolder", str(w.images), "--out", out(w),
