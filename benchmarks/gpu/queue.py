@@ -8,9 +8,9 @@
 
 A GPU slot is a bare machine with no network for 15 minutes in all, start included, so a job fits in
 `JOB_BUDGET_S` (8 minutes, leaving room for one rerun), takes at most 64 MiB of input (the repository's
-working tree, which travels whole, plus the data archive from ../shared/data and the files it carries
-from .gpu_state/), and returns at most 8 files of at most 16 MiB (results; a teacher's weights; a
-partial run's state when it fits). The order is the issue's:
+working tree, which travels whole, plus the data archive from ../shared/data, or a data file prepared here
+(`HOST_DATA`), and the files it carries from .gpu_state/), and returns at most 8 files of at most 16 MiB
+(results; a teacher's weights; a partial run's state when it fits). The order is the issue's:
   a. `speed`: the speed targets (benchmarks.gpu.speed); `gpu_decode`: data.decode cuda on encoded 224-px JPEGs
      against the 2-worker CPU loader (benchmarks/loader_throughput.py --encoded --decode-device cuda);
   b. the benchmarks' teachers (configs/teachers/), unless teachers/ already holds them: each is
@@ -20,7 +20,8 @@ partial run's state when it fits). The order is the issue's:
   c. Table 1 on Tiny-ImageNet-100-32 with the paper's recipe (configs/cifar100/, 240 epochs): for
      vgg13 -> vgg8, then wrn_40_2 -> wrn_16_2, then resnet32x4 -> resnet8x4, the teacher and the vanilla,
      KD, CRD and CRD+KD students, seed 0 for every pair before seed 1;
-  d. L -> ab on Imagenette-96 (CRD student of the converged L teacher, linear probe against random init).
+  d. L -> ab on Imagenette-96 (CRD student of the converged L teacher, linear probe against random init), on a
+     file prepared here with its JPEGs re-encoded to fit the input limit (`HOST_DATA`; --next prints the command).
 
 State. A job is done when benchmarks/results/gpu_<job>.json (committed) says so. A training job stops at
 its budget between two epochs (its last.pt is written atomically after every epoch) and is `partial`:
@@ -66,6 +67,42 @@ DATASETS = {
     "imagenette": ("imagenette2-96.tgz", ["--modalities", "rgb,L,ab"]),
     "imagenette224": ("imagenette2-224-sub.tgz", ["--encoding", "jpeg"]),  # ImageNet's own JPEG bytes
 }
+
+
+@dataclass(frozen=True)
+class HostData:
+    """A job's data file prepared here, where the CPUs are, and carried to the device as it is (the device prepares
+    nothing): `crossmodal prepare imagefolder ARCHIVE --encoding jpeg --reencode --quality Q`."""
+
+    what: str  # what the job's report calls the data
+    archive: str  # the source in ../shared/data
+    stem: str
+    modalities: str
+    quality: int  # every JPEG is re-encoded at this quality (OpenCV, 4:2:0)
+
+    @property
+    def path(self) -> str:
+        """Repository-relative and ignored (data/ is): the carry path, the same here and on the device."""
+        return f"data/gpu/{self.stem}_q{self.quality}.h5"
+
+    @property
+    def arguments(self) -> dict:
+        """What the file's provenance must record (its `arguments`) for the job to use it."""
+        return {"modalities": self.modalities.split(","), "encoding": "jpeg", "reencode": True,
+                "jpeg_quality": self.quality}
+
+
+# Imagenette-96 as the archive holds it (57.8 MiB; its JPEGs, q90 4:4:4, are 65.2 MiB) does not fit beside the
+# working tree (17.0 MiB) in a device call's 64 MiB. Prepared here with --reencode at quality Q, the file measured
+# (13,394 images, OpenCV 4:2:0; 2026-11-27): Q 95: 75.0 MiB, 90: 56.6, 85: 50.1, 80: 43.6, 75: 36.2, 70: 34.6.
+# Q is the highest that keeps the job's input (working tree + file; its teacher is committed, in the tree) at or
+# under 60 MiB, leaving the tree room to grow: 80 would make 60.6, 75 makes 53.2. The CPU benchmark
+# (benchmarks/crossmodal_imagenette.py) reads the original bytes.
+IMAGENETTE96_QUALITY = 75
+HOST_DATA = {
+    "imagenette96_reencoded": HostData("Imagenette-96", "imagenette2-96.tgz", "imagenette96", "rgb,L,ab",
+                                       IMAGENETTE96_QUALITY),
+}
 GPU_ENGINE = ["--set", "engine.device=cuda", "--set", "engine.precision=bf16", "--set", "engine.channels_last=true",
               "--set", "engine.progress=false", "--set", "data.workers=8"]
 PAIRS = [("vgg13", "vgg8"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "resnet8x4")]
@@ -81,7 +118,7 @@ class Job:
     kind: str  # speed | decode | teach | distill
     title: str
     config: str = ""  # repository path of the run's config
-    dataset: str = ""  # DATASETS key
+    dataset: str = ""  # DATASETS key (an archive prepared on the device) or HOST_DATA key (a file made here)
     seed: int = 0
     teacher_job: str = ""  # the job whose teacher this run distills from
     extra: list = field(default_factory=list)  # more CLI arguments (`--set ...`)
@@ -114,7 +151,7 @@ def build_jobs() -> list[Job]:
                                 f"Table 1 {teacher} -> {student} {method}, seed {seed}", config=config,
                                 dataset="tinyimagenet100", seed=seed, teacher_job="" if suffix is None else tjob))
     jobs.append(Job("L_to_ab_imagenette", "d", "distill", "L -> ab on Imagenette-96: CRD student, linear probe",
-                    config="configs/cpu/imagenette_L_to_ab_crd.yaml", dataset="imagenette",
+                    config="configs/cpu/imagenette_L_to_ab_crd.yaml", dataset="imagenette96_reencoded",
                     teacher_job="teacher_imagenette96_L_mobilenetv3", probe=True))
     return jobs
 
@@ -178,7 +215,9 @@ def carried_files(job: Job, state: Path | None = None, shared: Path | None = Non
     """Repository-relative carry path -> the file here, for every file the job needs beyond the working tree."""
     state, shared = state or STATE, shared or SHARED_DATA
     files = {}
-    if job.dataset:
+    if job.dataset in HOST_DATA:
+        files[HOST_DATA[job.dataset].path] = REPO / HOST_DATA[job.dataset].path
+    elif job.dataset:
         archive = DATASETS[job.dataset][0]
         files[f"{DATA_LINK}/{archive}"] = shared / archive
     if job.teacher_job and not _committed_b_teacher(job):
@@ -201,26 +240,75 @@ def device_command(job: Job) -> str:
     return f"PYTHONUNBUFFERED=1 python -m benchmarks.gpu.queue --run {job.name} --out $OUT"
 
 
+def host_prepare_command(host: HostData, shared: Path | None = None) -> str:
+    """The command that makes a job's host-prepared file here (run before the job is sent)."""
+    out = REPO / host.path
+    prepare = ["crossmodal", "prepare", "imagefolder", str((shared or SHARED_DATA) / host.archive), "--out", str(out),
+               "--modalities", host.modalities, "--encoding", "jpeg", "--reencode", "--quality", str(host.quality)]
+    return f"mkdir -p {shlex.quote(str(out.parent))} && {shlex.join(prepare)}"
+
+
+def host_data_problem(host: HostData, shared: Path | None = None) -> str | None:
+    """Why the job cannot use its host-prepared file (missing, unreadable, prepared otherwise); None when it can."""
+    path, command = REPO / host.path, host_prepare_command(host, shared)
+    if not path.exists():
+        return f"{host.path}: missing; prepare it here first: {command}"
+    try:
+        arguments = _provenance(path)["arguments"]
+    except (OSError, KeyError, ValueError) as e:
+        return f"{host.path}: not a prepared file ({e}); prepare it again: {command} --force"
+    for key, want in host.arguments.items():
+        if arguments.get(key) != want:
+            return (f"{host.path}: prepared with {key} {arguments.get(key)!r}, the job needs {want!r}; prepare it "
+                    f"again: {command} --force")
+    return None
+
+
+def _provenance(path: Path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["provenance"])
+
+
 def plan(job: Job, tree_bytes: int, state: Path | None = None, shared: Path | None = None) -> dict:
-    """What --next prints: command, carry list, input size, and the problems that stop the job."""
+    """What --next prints: command, carry list, input size, and the problems that stop the job; for a job on a
+    host-prepared file, also the command that prepares it here first."""
     carry = carried_files(job, state, shared)
     total = input_bytes(job, tree_bytes, state, shared)
-    shared = shared or SHARED_DATA
-    problems = [f"{p}: missing" for p in carry.values() if not p.exists()]
+    host = HOST_DATA.get(job.dataset)
+    problems = [f"{p}: missing" for name, p in carry.items() if not p.exists() and not (host and name == host.path)]
+    if host is not None:
+        problems += [p for p in [host_data_problem(host, shared)] if p]
     if total > INPUT_LIMIT:
         problems.append(f"input {total / MiB:.1f} MiB > {INPUT_LIMIT / MiB:.0f} MiB (working tree "
                         f"{tree_bytes / MiB:.1f} MiB + carried {(total - tree_bytes) / MiB:.1f} MiB)")
-    return {"job": job.name, "title": job.title, "command": device_command(job),
-            "carry": sorted(carry),
-            "input_mib": round(total / MiB, 1), "problems": problems,
-            "setup": f"ln -sfn {shared} {REPO / DATA_LINK}  # once: the link the carried data paths go through"}
+    shared = shared or SHARED_DATA
+    out = {"job": job.name, "title": job.title, "command": device_command(job),
+           "carry": sorted(carry),
+           "input_mib": round(total / MiB, 1), "problems": problems,
+           "setup": f"ln -sfn {shared} {REPO / DATA_LINK}  # once: the link the carried data paths go through"}
+    if host is not None:
+        out["prepare"] = (f"{host_prepare_command(host, shared)}  # here, before sending: the job carries "
+                          f"{host.path}, {host.what} re-encoded at JPEG quality {host.quality}")
+    return out
 
 
 # --------------------------------------------------------------------------------------- the device side
 def prepare_data(job: Job, work: Path, prepared: Path | None) -> Path:
-    """The job's prepared file: `prepared` if given, else made from the carried archive (cached in `work`)."""
+    """The job's prepared file: `prepared` if given, the carried host-prepared file (used as it is), else made
+    from the carried archive (cached in `work`)."""
     if prepared is not None:
         return prepared
+    if job.dataset in HOST_DATA:
+        host = HOST_DATA[job.dataset]
+        if not (REPO / host.path).exists():
+            raise SystemExit(f"{host.path}: missing; the job carries it from the host, where "
+                             "`python -m benchmarks.gpu.queue --next` prints the command that prepares it")
+        problem = host_data_problem(host)  # a file prepared otherwise: its report would misstate the data
+        if problem:
+            raise SystemExit(problem)
+        return REPO / host.path
     archive, args = DATASETS[job.dataset]
     out = work / "data" / f"{job.dataset}.h5"
     if not out.exists():
@@ -303,6 +391,8 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
     run_dir = runs / job.name
     _restore_resume_parts(job, state, run_dir)
     data = prepare_data(job, state, prepared)
+    if job.dataset in HOST_DATA:
+        record["data"] = host_data_note(HOST_DATA[job.dataset], data)
     cmd = [sys.executable, "-m", "cli", job.kind, job.config, "--name", job.name, "--out-dir", str(runs),
            "--seed", str(job.seed), "--set", f"data.path={data}", *job.extra]
     cmd += GPU_ENGINE if device == "cuda" else ["--set", "engine.device=cpu", "--set", "engine.progress=false"]
@@ -338,6 +428,16 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
     if (run_dir / "metrics.csv").exists():
         shutil.copy(run_dir / "metrics.csv", out / f"gpu_{job.name}_metrics.csv")
     return _finish(job, out, record, started)
+
+
+def host_data_note(host: HostData, data: Path) -> str:
+    """What the job's report says about a host-prepared file, from the file's own provenance."""
+    arguments = _provenance(data)["arguments"]
+    how = (f"re-encoded at JPEG quality {arguments.get('jpeg_quality')} (OpenCV, 4:2:0)" if arguments.get("reencode")
+           else "kept as the source's bytes")
+    return (f"{host.what} prepared on the host from {host.archive} (`--encoding jpeg`), its JPEGs {how} to fit the "
+            f"device tool's {INPUT_LIMIT // MiB} MiB input limit ({data.stat().st_size / MiB:.1f} MiB carried); "
+            f"the CPU benchmark reads the original bytes")
 
 
 def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, device: str, budget_s: float) -> dict:
@@ -391,6 +491,8 @@ def _markdown(job: Job, record: dict) -> str:
     lines = [f"# GPU queue: {job.title}", "", f"Job `{job.name}` ({record['status']}), {record['date']}, "
              f"{record['job_seconds']:.0f} s. Device: {record['device']}.", "",
              f"Command (device): `{device_command(job)}`", ""]
+    if "data" in record:
+        lines += [f"Data: {record['data']}.", ""]
     summary = record.get("summary")
     if summary:
         lines.append(f"Final test top-1 {summary.get('final_test_top1')}, best {summary.get('best_test_top1')} "
