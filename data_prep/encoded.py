@@ -16,6 +16,10 @@ number of workers):
                                        -> decoded as `raw` decodes it, fitted, encoded (PNG is
                                           lossless: its pixels are the raw file's exactly)
 
+Every JPEG written here (re-encoded or encoded) has the chroma sampling of --subsampling: 4:2:0
+(OpenCV's default: Cb and Cr at half the width and height, the default) or 4:4:4 (full colour
+resolution: larger, and closer to the source where colour is what the file is for).
+
 Every image is decoded once here by the loader's decoder (crossmodal.data.codec, OpenCV, the one
 raw preparation uses): unreadable items are skipped and counted (or stop the run under
 --strict) exactly as in raw preparation, and a file never holds bytes training would fail on.
@@ -47,6 +51,9 @@ from crossmodal.modalities import MODALITIES
 from data_prep.source import SplitSource
 
 JPEG_QUALITY = 90  # when an image is (re-)encoded as JPEG
+# --subsampling -> OpenCV's sampling-factor value (Y's horizontal and vertical factors, then Cb's and Cr's)
+JPEG_SUBSAMPLING = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+DEFAULT_SUBSAMPLING = "420"  # OpenCV's default, what prepare wrote before the option existed
 PNG_COMPRESSION = 1  # zlib level: fast; a higher level saves a few percent
 STATS_MIN_SIDE = 48
 BLOCK_ITEMS = 64  # items per worker task
@@ -56,13 +63,16 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def encode_image(rgb: np.ndarray, encoding: str, quality: int = JPEG_QUALITY) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> encoded bytes as a uint8 array (JPEG 4:2:0 at `quality`, or PNG)."""
+def encode_image(rgb: np.ndarray, encoding: str, quality: int = JPEG_QUALITY,
+                 subsampling: str = DEFAULT_SUBSAMPLING) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> encoded bytes as a uint8 array (JPEG at `quality` with `subsampling` "420" or
+    "444" chroma, or PNG)."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if encoding == "png":
         ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     else:
-        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SUBSAMPLING[subsampling]])
     if not ok:
         raise DataError(f"{encoding} encoding of a {rgb.shape[1]}x{rgb.shape[0]} image failed")
     return data.ravel()
@@ -114,10 +124,15 @@ class EncodeOptions:
     """What every worker needs to know: codec, resizing, and which stats to keep."""
 
     def __init__(self, encoding: str, max_side: int | None, size: int | None, quality: int,
-                 stat_modalities: list[str], reencode: bool = False):
+                 stat_modalities: list[str], reencode: bool = False, subsampling: str = DEFAULT_SUBSAMPLING):
         self.encoding, self.max_side, self.size, self.quality = encoding, max_side, size, quality
         self.stat_modalities = stat_modalities
         self.reencode = reencode  # JPEG sources too are re-encoded at `quality` (else kept byte for byte)
+        self.subsampling = subsampling  # chroma sampling of every JPEG encoded here: "420" or "444"
+
+    def encode(self, rgb: np.ndarray) -> np.ndarray:
+        """`rgb` encoded as this file stores it (the encoding, quality and chroma sampling)."""
+        return encode_image(rgb, self.encoding, self.quality, self.subsampling)
 
 
 def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
@@ -135,7 +150,7 @@ def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
         decoded = decode(data)
         if decoded is None:
             return "unreadable"
-        encoded = encode_image(decoded, "jpeg", options.quality)
+        encoded = options.encode(decoded)
         # stats from the stored bytes, decoded as kept bytes are (below), so they describe what the loader reads
         reduced = decode(encoded, stats_reduction(h, w))
         return encoded, (h, w), reduced, True
@@ -150,7 +165,7 @@ def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
     if decoded is None:
         return "unreadable"
     rgb = np.ascontiguousarray(shrink_to_side(decoded, options.max_side))
-    return encode_image(rgb, "jpeg", options.quality), rgb.shape[:2], stats_image(rgb), True
+    return options.encode(rgb), rgb.shape[:2], stats_image(rgb), True
 
 
 def encode_item(item, split: SplitSource, options: EncodeOptions):
@@ -175,7 +190,7 @@ def encode_item(item, split: SplitSource, options: EncodeOptions):
     if options.max_side is not None:
         rgb = shrink_to_side(rgb, options.max_side)
     rgb = np.ascontiguousarray(rgb)
-    encoded = encode_image(rgb, options.encoding, options.quality)
+    encoded = options.encode(rgb)
     return encoded, rgb.shape[:2], stats_image(rgb), True, int(record["label"])
 
 

@@ -42,7 +42,8 @@ from crossmodal.data.schema import SCHEMA_VERSION, validate
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.modalities import MODALITIES, get_modality
 from crossmodal.tempfiles import check_free_space, remove_stale_temporaries, temp_path
-from data_prep.encoded import JPEG_QUALITY, STATS_MIN_SIDE, EncodeOptions, EncodePool
+from data_prep.encoded import (DEFAULT_SUBSAMPLING, JPEG_QUALITY, JPEG_SUBSAMPLING, STATS_MIN_SIDE, EncodeOptions,
+                               EncodePool)
 from data_prep.source import Source, SplitSource
 
 log = logging.getLogger(__name__)
@@ -301,13 +302,18 @@ ENCODABLE = {"rgb", "L", "ab"}  # modalities an encoded file offers (rgb stored 
 
 
 def _check_encoding(source: Source, modalities: list[str], encoding: str, max_side: int | None,
-                    quality: int, reencode: bool = False) -> None:
+                    quality: int, reencode: bool = False, subsampling: str | None = None) -> None:
     """ConfigError unless the encoding options fit the source and the modalities."""
     if encoding not in ENCODINGS:
         raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if reencode and encoding != "jpeg":
         raise ConfigError(f"--reencode needs --encoding jpeg (it re-encodes JPEG sources at --quality), "
                           f"got --encoding {encoding}")
+    if subsampling is not None and subsampling not in JPEG_SUBSAMPLING:
+        raise ConfigError(f"--subsampling must be one of {', '.join(JPEG_SUBSAMPLING)}, got {subsampling!r}")
+    if subsampling is not None and encoding != "jpeg":
+        raise ConfigError(f"--subsampling needs --encoding jpeg (it sets the chroma sampling of the JPEGs prepare "
+                          f"encodes or re-encodes), got --encoding {encoding}")
     if encoding == "raw":
         if max_side is not None:
             raise ConfigError("--max-side needs --encoding jpeg or png (raw arrays share one size: use --size)")
@@ -351,18 +357,21 @@ def _check_request(source: Source, modalities: list[str] | None, out: Path, forc
 
 def write_prepared(source: Source, out: str | Path, modalities: list[str] | None = None, size: int | None = None,
                    force: bool = False, workers: int = DEFAULT_WORKERS, strict: bool = False, encoding: str = "raw",
-                   max_side: int | None = None, quality: int = JPEG_QUALITY, reencode: bool = False) -> dict:
+                   max_side: int | None = None, quality: int = JPEG_QUALITY, reencode: bool = False,
+                   subsampling: str | None = None) -> dict:
     """Write `source` to the HDF5 file `out` (atomically: temp file + rename); return the schema summary.
 
     `modalities` defaults to all the source can give; `size` resizes (see `fit_record`);
     unreadable images are skipped and counted, or stop the run with `strict`. `encoding` jpeg or
     png stores rgb as encoded images (data_prep/encoded.py; `max_side` shrinks larger ones,
     `quality` is the JPEG quality of re-encoded images; `reencode` re-encodes JPEG sources too, which are
-    otherwise kept byte for byte) and L/ab as derived by the reader.
+    otherwise kept byte for byte; `subsampling` "420" (None: the default) or "444" is the chroma sampling of
+    every JPEG written, with encoding jpeg only) and L/ab as derived by the reader.
     """
     out = Path(out)
     modalities = _check_request(source, modalities, out, force, workers, size)
-    _check_encoding(source, modalities, encoding, max_side, quality, reencode)
+    _check_encoding(source, modalities, encoding, max_side, quality, reencode, subsampling)
+    subsampling = subsampling or DEFAULT_SUBSAMPLING
     encoded = encoding != "raw"
     derived = {m: DERIVED_FROM[m] for m in modalities if m in DERIVED_FROM} if encoded else {}
     where = str(source.provenance.get("src", source.name))  # what error messages name
@@ -388,7 +397,7 @@ def write_prepared(source: Source, out: str | Path, modalities: list[str] | None
                     if encoded:
                         stat_modalities = ["rgb"] + list(derived) if split_stats is not None else []
                         options = EncodeOptions(encoding, max_side, size, quality, stat_modalities,
-                                                reencode)
+                                                reencode, subsampling)
                         counts[split.name], skipped[split.name], reencoded[split.name] = _write_encoded_split(
                             h5, split, pool, options, strict, split_stats, bar, where, raw, out)
                     else:
@@ -396,7 +405,8 @@ def write_prepared(source: Source, out: str | Path, modalities: list[str] | None
                             h5, split, modalities, size, pool, workers, strict, split_stats, bar, where, raw, out)
             arguments = {"modalities": modalities, "size": size, "workers": workers, "strict": strict, "force": force}
             if encoded:
-                arguments.update(encoding=encoding, max_side=max_side, jpeg_quality=quality, reencode=reencode)
+                arguments.update(encoding=encoding, max_side=max_side, jpeg_quality=quality, reencode=reencode,
+                                 jpeg_subsampling=subsampling)
             provenance = {
                 **source.provenance,
                 "source": source.name,
