@@ -460,6 +460,9 @@ def _prepare_cases() -> list[Case]:
         "quality-zero": (["--encoding", "jpeg", "--quality", "0"], "--quality"),
         "reencode-raw": (["--reencode"], "--reencode needs --encoding jpeg"),
         "reencode-png": (["--encoding", "png", "--reencode"], "--reencode needs --encoding jpeg"),
+        "subsampling-raw": (["--subsampling", "444"], "--subsampling needs --encoding jpeg"),
+        "subsampling-png": (["--encoding", "png", "--subsampling", "444"], "--subsampling needs --encoding jpeg"),
+        "subsampling-unknown": (["--encoding", "jpeg", "--subsampling", "422"], "--subsampling"),
         "encoded-modality-unavailable": (["--encoding", "jpeg", "-m", "rgb,depth"], "depth"),
     }
     cases += [Case(f"prepare-option-{name}", lambda w, a=a: ["prepare", "imagefolder", str(w.images), "--out", out(w),
