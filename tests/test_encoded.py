@@ -207,8 +207,9 @@ def test_subsampling_444_keeps_the_colour_resolution_that_420_halves(files, tmp_
     """--subsampling sets the chroma sampling of every JPEG prepare writes: the frame headers of the stored rows say
     4:2:0 (Y 2x2, Cb and Cr 1x1: OpenCV's default, still what prepare writes without the option) or 4:4:4 (all
     1x1, as the mini set's sources are). On the 100 mini test images re-encoded at q75, the a/b channels' mean
-    absolute error against the source measured 2.16 at 4:2:0 (worst image 5.77) and 1.32 at 4:4:4 (3.52), for 1.15x the bytes; the option
-    applies where prepare re-encodes (--reencode), shrinks (--max-side) or encodes (a PNG source) alike."""
+    absolute error against the source measured 2.16 at 4:2:0 (worst image 5.77) and 1.32 at 4:4:4 (3.52), for
+    1.15x the bytes; the option applies where prepare re-encodes (--reencode), shrinks (--max-side) or encodes (a
+    PNG source) alike."""
     source = tar_images(MINI96, "val")
     assert {tuple(jpeg_sampling(data)) for _, data in source} == {((1, 1), (1, 1), (1, 1))}
     with h5py.File(files["96-jpeg"], "r") as f:  # kept bytes: the sources' own sampling; the default recorded
