@@ -89,7 +89,8 @@ def _host_file(path: Path, size: int, **arguments) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     recorded = {"modalities": ["rgb", "L", "ab"], "encoding": "jpeg", "reencode": True, "jpeg_quality": 75,
-                **arguments}
+                "jpeg_subsampling": "444", **arguments}
+    recorded = {k: v for k, v in recorded.items() if v is not None}  # None: a file prepared without that key
     with h5py.File(path, "w") as f:
         f.attrs["provenance"] = json.dumps({"arguments": recorded})
     with open(path, "r+b") as f:
@@ -98,40 +99,49 @@ def _host_file(path: Path, size: int, **arguments) -> Path:
 
 
 def test_the_imagenette_job_carries_a_file_prepared_here_that_fits_the_limit(tmp_path, monkeypatch):
-    """Group d carries Imagenette-96 prepared here (JPEGs re-encoded at quality 75), not the archive (57.8 MiB, over
-    the limit beside the working tree): --next names the file and the command that makes it, and refuses the job
-    while the file is missing or was prepared otherwise. At the measured sizes of that file (q75 37,956,304 bytes;
-    q80 45,689,520) the job's input stays at or under 60 MiB with q75 and not with q80, which is why q75."""
+    """Group d carries Imagenette-96 prepared here (JPEGs re-encoded at quality 75, 4:4:4: the student is the ab
+    input, whose resolution 4:2:0 would halve), not the archive (57.8 MiB, over the limit beside the working tree):
+    --next names the file and the command that makes it, and refuses the job while the file is missing or was
+    prepared otherwise (another quality, 4:2:0, or before --subsampling existed). At the measured sizes of that file
+    at 4:4:4 (q75 43,967,536 bytes; q80 55,183,712) the job's input stays at or under 60 MiB with q75 and not with
+    q80, which is why q75."""
     monkeypatch.setattr(queue, "REPO", tmp_path)
     monkeypatch.setattr(queue, "_committed_b_teacher", lambda job: True)  # its L teacher is committed: in the tree
     shared = tmp_path / "shared"
     job = next(j for j in queue.build_jobs() if j.name == "L_to_ab_imagenette")
     tree = queue.working_tree_bytes(Path(__file__).resolve().parents[1])  # the real repository's
-    path = tmp_path / "data" / "gpu" / "imagenette96_q75.h5"
+    path = tmp_path / "data" / "gpu" / "imagenette96_q75_444.h5"
     command = (f"mkdir -p {tmp_path}/data/gpu && crossmodal prepare imagefolder {shared}/imagenette2-96.tgz --out "
-               f"{path} --modalities rgb,L,ab --encoding jpeg --reencode --quality 75")
+               f"{path} --modalities rgb,L,ab --encoding jpeg --reencode --quality 75 --subsampling 444")
     plan = queue.plan(job, tree, shared=shared)
-    assert plan["carry"] == ["data/gpu/imagenette96_q75.h5"]  # no archive: nothing is prepared on the device
-    assert plan["problems"] == [f"data/gpu/imagenette96_q75.h5: missing; prepare it here first: {command}"]
+    assert plan["carry"] == ["data/gpu/imagenette96_q75_444.h5"]  # no archive: nothing is prepared on the device
+    assert plan["problems"] == [f"data/gpu/imagenette96_q75_444.h5: missing; prepare it here first: {command}"]
     assert plan["prepare"].startswith(command + "  # here, before sending")
+    assert plan["prepare"].endswith("Imagenette-96 re-encoded at JPEG quality 75, 4:4:4")
     assert plan["input_mib"] == round(tree / MiB, 1)
 
-    _host_file(path, 37_956_304)  # q75, as measured
+    _host_file(path, 43_967_536)  # q75 4:4:4, as measured
     plan = queue.plan(job, tree, shared=shared)
     assert plan["problems"] == [] and plan["input_mib"] * MiB <= 60 * MiB
-    assert plan["input_mib"] == round((tree + 37_956_304) / MiB, 1)
-    _host_file(path, 45_689_520)  # what q80 would have made: over the 60 MiB the queue keeps to
+    assert plan["input_mib"] == round((tree + 43_967_536) / MiB, 1)
+    _host_file(path, 55_183_712)  # what q80 4:4:4 would have made: over the 60 MiB the queue keeps to
     assert queue.plan(job, tree, shared=shared)["input_mib"] > 60
 
     _host_file(path, 2 * MiB, jpeg_quality=90)
     assert queue.plan(job, tree, shared=shared)["problems"] == [
-        f"data/gpu/imagenette96_q75.h5: prepared with jpeg_quality 90, the job needs 75; prepare it again: "
+        f"data/gpu/imagenette96_q75_444.h5: prepared with jpeg_quality 90, the job needs 75; prepare it again: "
         f"{command} --force"]
     _host_file(path, 2 * MiB, reencode=False)
     assert "prepared with reencode False, the job needs True" in queue.plan(job, tree, shared=shared)["problems"][0]
+    _host_file(path, 2 * MiB, jpeg_subsampling="420")
+    assert "prepared with jpeg_subsampling '420', the job needs '444'" in queue.plan(job, tree, shared=shared)[
+        "problems"][0]
+    _host_file(path, 2 * MiB, jpeg_subsampling=None)  # prepared before --subsampling existed (4:2:0)
+    assert "prepared with jpeg_subsampling None, the job needs '444'" in queue.plan(job, tree, shared=shared)[
+        "problems"][0]
     path.write_bytes(b"not hdf5")
     assert queue.plan(job, tree, shared=shared)["problems"][0].startswith(
-        "data/gpu/imagenette96_q75.h5: not a prepared file (")
+        "data/gpu/imagenette96_q75_444.h5: not a prepared file (")
     # the other jobs still carry their archives
     others = {j.name: j for j in queue.build_jobs()}
     assert list(queue.carried_files(others["gpu_decode"], shared=shared)) == [".gpu_data/imagenette2-224-sub.tgz"]
@@ -156,8 +166,8 @@ def test_the_printed_prepare_command_makes_a_file_the_plan_accepts(tmp_path, mon
     assert len(plan["problems"]) == 1 and "missing" in plan["problems"][0]
     subprocess.run(plan["prepare"], shell=True, check=True, capture_output=True)
     plan = queue.plan(job, 0, shared=shared)
-    assert plan["problems"] == [] and plan["carry"] == ["data/gpu/imagenette96_q75.h5"]
-    assert 0 < plan["input_mib"] < 1
+    assert plan["problems"] == [] and plan["carry"] == ["data/gpu/imagenette96_q75_444.h5"]
+    assert 0 < plan["input_mib"] < 2  # 300 images at q75 4:4:4: 1.0 MiB
 
 
 def test_the_imagenette_job_runs_on_the_carried_file_and_its_report_says_how_it_was_made(tmp_path, monkeypatch):
@@ -182,21 +192,21 @@ def test_the_imagenette_job_runs_on_the_carried_file_and_its_report_says_how_it_
         return "finished"
 
     monkeypatch.setattr(queue, "run", fake_run)
-    with pytest.raises(SystemExit, match=r"^data/gpu/imagenette96_q75.h5: missing; the job carries it from the host"):
+    with pytest.raises(SystemExit, match=r"^data/gpu/imagenette96_q75_444.h5: missing; the job carries it from the"):
         queue.run_job(job, tmp_path / "out0", state=tmp_path / "state", device="cpu")
-    data = _host_file(tmp_path / "data" / "gpu" / "imagenette96_q75.h5", 3 * MiB, jpeg_quality=90)
-    with pytest.raises(SystemExit, match=r"^data/gpu/imagenette96_q75.h5: prepared with jpeg_quality 90, the job"):
+    data = _host_file(tmp_path / "data" / "gpu" / "imagenette96_q75_444.h5", 3 * MiB, jpeg_quality=90)
+    with pytest.raises(SystemExit, match=r"^data/gpu/imagenette96_q75_444.h5: prepared with jpeg_quality 90, the"):
         queue.run_job(job, tmp_path / "out0", state=tmp_path / "state", device="cpu")
     assert commands == []
     _host_file(data, 3 * MiB)
     record = queue.run_job(job, tmp_path / "out", state=tmp_path / "state", device="cpu")
     assert [c[3] for c in commands] == ["distill", "probe"]  # nothing prepared
     assert f"data.path={data}" in commands[0] and commands[1][commands[1].index("--data") + 1] == str(data)
-    assert record["status"] == "done" and "re-encoded at JPEG quality 75" in record["data"]
+    assert record["status"] == "done" and "re-encoded at JPEG quality 75 (OpenCV, 4:4:4 chroma)" in record["data"]
     report = (tmp_path / "out" / "gpu_L_to_ab_imagenette.md").read_text()
     assert ("Data: Imagenette-96 prepared on the host from imagenette2-96.tgz (`--encoding jpeg`), its JPEGs "
-            "re-encoded at JPEG quality 75 (OpenCV, 4:2:0) to fit the device tool's 64 MiB input limit (3.0 MiB "
-            "carried); the CPU benchmark reads the original bytes.") in report
+            "re-encoded at JPEG quality 75 (OpenCV, 4:4:4 chroma) to fit the device tool's 64 MiB input limit "
+            "(3.0 MiB carried); the CPU benchmark reads the original bytes.") in report
 
 
 def _teach_config(tmp_path: Path, data: Path) -> Path:

@@ -21,7 +21,8 @@ working tree, which travels whole, plus the data archive from ../shared/data, or
      vgg13 -> vgg8, then wrn_40_2 -> wrn_16_2, then resnet32x4 -> resnet8x4, the teacher and the vanilla,
      KD, CRD and CRD+KD students, seed 0 for every pair before seed 1;
   d. L -> ab on Imagenette-96 (CRD student of the converged L teacher, linear probe against random init), on a
-     file prepared here with its JPEGs re-encoded to fit the input limit (`HOST_DATA`; --next prints the command).
+     file prepared here with its JPEGs re-encoded (4:4:4) to fit the input limit (`HOST_DATA`; --next prints the
+     command).
 
 State. A job is done when benchmarks/results/gpu_<job>.json (committed) says so. A training job stops at
 its budget between two epochs (its last.pt is written atomically after every epoch) and is `partial`:
@@ -72,36 +73,48 @@ DATASETS = {
 @dataclass(frozen=True)
 class HostData:
     """A job's data file prepared here, where the CPUs are, and carried to the device as it is (the device prepares
-    nothing): `crossmodal prepare imagefolder ARCHIVE --encoding jpeg --reencode --quality Q`."""
+    nothing): `crossmodal prepare imagefolder ARCHIVE --encoding jpeg --reencode --quality Q --subsampling S`."""
 
     what: str  # what the job's report calls the data
     archive: str  # the source in ../shared/data
     stem: str
     modalities: str
-    quality: int  # every JPEG is re-encoded at this quality (OpenCV, 4:2:0)
+    quality: int  # every JPEG is re-encoded at this quality (OpenCV)
+    subsampling: str  # and with this chroma sampling: "444" (full colour resolution) or "420" (halved)
 
     @property
     def path(self) -> str:
         """Repository-relative and ignored (data/ is): the carry path, the same here and on the device."""
-        return f"data/gpu/{self.stem}_q{self.quality}.h5"
+        return f"data/gpu/{self.stem}_q{self.quality}_{self.subsampling}.h5"
 
     @property
     def arguments(self) -> dict:
         """What the file's provenance must record (its `arguments`) for the job to use it."""
         return {"modalities": self.modalities.split(","), "encoding": "jpeg", "reencode": True,
-                "jpeg_quality": self.quality}
+                "jpeg_quality": self.quality, "jpeg_subsampling": self.subsampling}
+
+
+def sampling_name(subsampling: str) -> str:
+    """"444" -> "4:4:4"."""
+    return ":".join(subsampling)
 
 
 # Imagenette-96 as the archive holds it (57.8 MiB; its JPEGs, q90 4:4:4, are 65.2 MiB) does not fit beside the
-# working tree (17.0 MiB) in a device call's 64 MiB. Prepared here with --reencode at quality Q, the file measured
-# (13,394 images, OpenCV 4:2:0; 2026-11-27): Q 95: 75.0 MiB, 90: 56.6, 85: 50.1, 80: 43.6, 75: 36.2, 70: 34.6.
-# Q is the highest that keeps the job's input (working tree + file; its teacher is committed, in the tree) at or
-# under 60 MiB, leaving the tree room to grow: 80 would make 60.6, 75 makes 53.2. The CPU benchmark
+# working tree (17.1 MiB) in a device call's 64 MiB. Prepared here with --reencode at quality Q and --subsampling S,
+# the file measured (13,394 images, OpenCV; 2026-11-27), in MiB:
+#     Q        95     90     85     80     75     70
+#     4:4:4   89.3   67.8   61.1   52.6   41.9   40.1
+#     4:2:0   75.0   56.6   50.1   43.6   36.2   34.6
+# The job's student is the ab (chroma) input, which 4:2:0 gives at half the resolution (on the 96-px mini set at
+# q75, the ab mean abs error against the source is 2.16 at 4:2:0 and 1.32 at 4:4:4), so the file is 4:4:4, at the
+# highest Q that keeps the job's input (working tree + file; its teacher is committed, in the tree) at or under
+# 60 MiB, leaving the tree some room to grow: 80 would make 69.7, 75 makes 59.0. The CPU benchmark
 # (benchmarks/crossmodal_imagenette.py) reads the original bytes.
 IMAGENETTE96_QUALITY = 75
+IMAGENETTE96_SUBSAMPLING = "444"
 HOST_DATA = {
     "imagenette96_reencoded": HostData("Imagenette-96", "imagenette2-96.tgz", "imagenette96", "rgb,L,ab",
-                                       IMAGENETTE96_QUALITY),
+                                       IMAGENETTE96_QUALITY, IMAGENETTE96_SUBSAMPLING),
 }
 GPU_ENGINE = ["--set", "engine.device=cuda", "--set", "engine.precision=bf16", "--set", "engine.channels_last=true",
               "--set", "engine.progress=false", "--set", "data.workers=8"]
@@ -244,7 +257,8 @@ def host_prepare_command(host: HostData, shared: Path | None = None) -> str:
     """The command that makes a job's host-prepared file here (run before the job is sent)."""
     out = REPO / host.path
     prepare = ["crossmodal", "prepare", "imagefolder", str((shared or SHARED_DATA) / host.archive), "--out", str(out),
-               "--modalities", host.modalities, "--encoding", "jpeg", "--reencode", "--quality", str(host.quality)]
+               "--modalities", host.modalities, "--encoding", "jpeg", "--reencode", "--quality", str(host.quality),
+               "--subsampling", host.subsampling]
     return f"mkdir -p {shlex.quote(str(out.parent))} && {shlex.join(prepare)}"
 
 
@@ -290,7 +304,8 @@ def plan(job: Job, tree_bytes: int, state: Path | None = None, shared: Path | No
            "setup": f"ln -sfn {shared} {REPO / DATA_LINK}  # once: the link the carried data paths go through"}
     if host is not None:
         out["prepare"] = (f"{host_prepare_command(host, shared)}  # here, before sending: the job carries "
-                          f"{host.path}, {host.what} re-encoded at JPEG quality {host.quality}")
+                          f"{host.path}, {host.what} re-encoded at JPEG quality {host.quality}, "
+                          f"{sampling_name(host.subsampling)}")
     return out
 
 
@@ -433,8 +448,9 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
 def host_data_note(host: HostData, data: Path) -> str:
     """What the job's report says about a host-prepared file, from the file's own provenance."""
     arguments = _provenance(data)["arguments"]
-    how = (f"re-encoded at JPEG quality {arguments.get('jpeg_quality')} (OpenCV, 4:2:0)" if arguments.get("reencode")
-           else "kept as the source's bytes")
+    sampling = sampling_name(arguments.get("jpeg_subsampling", "420"))  # files from before the option: OpenCV's 4:2:0
+    how = (f"re-encoded at JPEG quality {arguments.get('jpeg_quality')} (OpenCV, {sampling} chroma)"
+           if arguments.get("reencode") else "kept as the source's bytes")
     return (f"{host.what} prepared on the host from {host.archive} (`--encoding jpeg`), its JPEGs {how} to fit the "
             f"device tool's {INPUT_LIMIT // MiB} MiB input limit ({data.stat().st_size / MiB:.1f} MiB carried); "
             f"the CPU benchmark reads the original bytes")
