@@ -59,13 +59,16 @@ def main() -> None:
     teacher = teachers.teacher(b, TEACHER)
     common = ["--seed", "0", "--set", f"data.path={data}"] + ([] if b.quick else ["--epochs", str(EPOCHS)])
     crd = [*common, "--set", f"teachers.0.checkpoint={teacher['path']}"]
-    steps = [b.train("distill", STUDENT_CONFIG, run_name(k, t), *crd, "--set", f"loss_params.crd.nce_k={k}",
-                     "--set", f"loss_params.crd.nce_t={t}") for k, t in settings(sweep, k_ref)]
-    steps += [b.train("distill", STUDENT_CONFIG, run_name(k_ref, T_DEFAULT) + suffix, *crd,
-                      "--set", f"loss_params.crd.nce_k={k_ref}", *[a for o in overrides for a in ("--set", o)])
-              for suffix, overrides in VARIANTS.values()]
-    steps.append(vanilla_step(b, data))
-    b.run_stage(steps)
+    sweep_steps = {(k, t): b.train("distill", STUDENT_CONFIG, run_name(k, t), *crd, "--set",
+                                   f"loss_params.crd.nce_k={k}", "--set", f"loss_params.crd.nce_t={t}")
+                   for k, t in settings(sweep, k_ref)}
+    variant_steps = [b.train("distill", STUDENT_CONFIG, run_name(k_ref, T_DEFAULT) + suffix, *crd,
+                             "--set", f"loss_params.crd.nce_k={k_ref}", *[a for o in overrides for a in ("--set", o)])
+                     for suffix, overrides in VARIANTS.values()]
+    # The reference setting, the switches and the labels-only student first: they decide which switches stay
+    # (docs/DISTILLERS.md); then the rest of the K and tau sweeps.
+    reference = sweep_steps.pop((k_ref, T_DEFAULT))
+    b.run_stage([reference, *variant_steps, vanilla_step(b, data), *sweep_steps.values()])
     report(b, teacher, sweep, k_ref)
 
 
