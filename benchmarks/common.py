@@ -9,7 +9,9 @@ command: the results file lists them, so any number can be reproduced alone.
 
 Full mode writes benchmarks/results/<name>.md and <name>.png; `--quick` (a smoke run of the whole
 pipeline with tiny budgets and the mini datasets where they exist) writes under runs/quick/ instead,
-so it never overwrites the committed results.
+so it never overwrites the committed results. `--runs DIR` moves the run, probe and log folders (and
+--quick's records and results) from runs/ (runs/quick/) to DIR: the GPU queue's teacher jobs keep them in
+their state folder, out of the repository.
 """
 from __future__ import annotations
 
@@ -88,18 +90,25 @@ class Bench:
     module: str = ""  # python -m benchmarks.<module> (default: name)
     used: list[str] = field(default_factory=list)  # the records the results file reads, for its .json
     records: Optional[Path] = None  # where step records live (default: see records_dir)
+    root: Optional[Path] = None  # --runs: the top folder of every run, probe and log folder (default: runs_root)
     _producers: dict = field(default_factory=dict)  # run folder -> the Step that writes it
 
     @property
+    def runs_root(self) -> Path:
+        """The folder every run, probe and log folder is under (`runs` may be a subfolder of it): --runs, else
+        runs/ (runs/quick/ under --quick). benchmarks.partial's saved copies are relative to it."""
+        return self.root or Path("runs/quick" if self.quick else "runs")
+
+    @property
     def records_dir(self) -> Path:
-        """benchmarks/results/records (committed), runs/quick/records under --quick, or `records` if set."""
+        """benchmarks/results/records (committed), <runs root>/records under --quick, or `records` if set."""
         if self.records is not None:
             return self.records
-        return REPO / ("runs/quick/records" if self.quick else "benchmarks/results/records")
+        return REPO / self.runs_root / "records" if self.quick else REPO / "benchmarks/results/records"
 
     @property
     def results_dir(self) -> Path:
-        return REPO / ("runs/quick/results" if self.quick else "benchmarks/results")
+        return REPO / self.runs_root / "results" if self.quick else REPO / "benchmarks/results"
 
     @property
     def probe_dir(self) -> Path:
@@ -129,7 +138,7 @@ class Bench:
                 cmd += ["--set", f"loss_params.crd.nce_k={QUICK_NCE_K}"]
         run_dir = REPO / self.runs / name
         step = Step(cmd, run_dir / "summary.json", run_dir / "last.pt", record=name,
-                    needs=_needed_files(cmd))
+                    needs=_needed_files(cmd, self.runs_root))
         self._producers[run_dir] = step
         return step
 
@@ -140,7 +149,7 @@ class Bench:
             cmd += QUICK_PROBE
         out = REPO / self.probe_dir / name
         return Step(cmd, out / "results.json", (out / "last.pt") if method == "finetune" else None,
-                    record=f"probe/{name}", needs=_needed_files(cmd))
+                    record=f"probe/{name}", needs=_needed_files(cmd, self.runs_root))
 
     # ------------------------------------------------------------------ records
     def record(self, name: str) -> dict:
@@ -172,14 +181,14 @@ class Bench:
         if not path.exists():
             return False
         rec = json.loads(path.read_text())
-        return rec.get("command") == step.text and rec.get("inputs") == _fingerprint(step.cmd)
+        return rec.get("command") == step.text and rec.get("inputs") == _fingerprint(step.cmd, self.runs_root)
 
     def _write_record(self, step: Step, wall_s: Optional[float]) -> None:
         """Record what finished step `step` produced (from its run or probe folder)."""
         if step.record is None or not step.done.exists():
             return
         out_dir = step.done.parent
-        rec = {"name": step.record, "command": step.text, "inputs": _fingerprint(step.cmd),
+        rec = {"name": step.record, "command": step.text, "inputs": _fingerprint(step.cmd, self.runs_root),
                "commit": git_commit(), "machine": machine_line(), "wall_s": None if wall_s is None else round(wall_s, 1),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         key = "summary" if step.done.name == "summary.json" else "results"  # a training run, or a probe's rows
@@ -210,9 +219,10 @@ class Bench:
                 self._write_record(step, None)
                 continue
             if self._record_is_stale(step):
-                _clear(step.done.parent)
+                _clear(step.done.parent, self.runs_root)
             elif step.resume_from is not None and not self.quick:
-                if partial.restore(step.resume_from.parent):  # an unfinished run of an earlier session
+                # an unfinished run of an earlier session
+                if partial.restore(step.resume_from.parent, runs=REPO / self.runs_root, partial=partial.PARTIAL):
                     print(f"  restored {shown(step.resume_from.parent)} from {shown(partial.PARTIAL)}", flush=True)
             todo.append(step)
         missing = [p for step in todo for p in step.needs if not p.exists()]
@@ -220,7 +230,7 @@ class Bench:
                                                                 if d in p.parents)]
         if producers:
             for producer in producers:
-                _clear(producer.done.parent)
+                _clear(producer.done.parent, self.runs_root)
             self._run(producers)
         self._run(todo)
 
@@ -316,19 +326,27 @@ def _paths_in(cmd: list[str]):
         yield from value.replace("[", " ").replace("]", " ").replace(",", " ").replace("{", " ").split()
 
 
-def _needed_files(cmd: list[str]) -> list[Path]:
-    """Checkpoints under runs/ that a command reads (`--checkpoint X`, `...checkpoint=X`)."""
-    return [REPO / part for part in _paths_in(cmd) if part.endswith(".pt") and part.startswith("runs/")]
+def _in_runs(part: str, root: Optional[Path] = None) -> bool:
+    """True when path word `part` is under runs/ or under the runs root `root` (--runs)."""
+    return part.startswith("runs/") or (root is not None and part.startswith(str(root).rstrip("/") + "/"))
 
 
-def _fingerprint(cmd: list[str]) -> dict[str, str]:
-    """sha256 (first 16 hex) of every repository file a command names (configs, committed teachers)."""
+def _needed_files(cmd: list[str], root: Optional[Path] = None) -> list[Path]:
+    """Checkpoints under runs/ (or the runs root `root`) that a command reads (`--checkpoint X`,
+    `...checkpoint=X`)."""
+    return [REPO / part for part in _paths_in(cmd) if part.endswith(".pt") and _in_runs(part, root)]
+
+
+def _fingerprint(cmd: list[str], root: Optional[Path] = None) -> dict[str, str]:
+    """sha256 (first 16 hex) of every repository file a command names (configs, committed teachers), not of what
+    runs write (under runs/ or the runs root `root`)."""
     from crossmodal.engine.checkpoint import file_sha256
 
     found = {}
     for part in _paths_in(cmd):
         path = REPO / part
-        if path.suffix in (".yaml", ".yml", ".pt") and not part.startswith("runs") and path.is_file():
+        if path.suffix in (".yaml", ".yml", ".pt") and not part.startswith("runs") and not _in_runs(part, root) \
+                and path.is_file():
             found[part] = file_sha256(path)[:16]
     return found
 
@@ -356,11 +374,12 @@ def budget_text(b: dict) -> str:
             f"({b['images_seen']:,} images seen, {b['passes']:g} passes over {b['train_size']:,})")
 
 
-def _clear(folder: Path) -> None:
-    """Remove a benchmark run or probe folder (under runs/) before it is made again."""
+def _clear(folder: Path, root: Optional[Path] = None) -> None:
+    """Remove a benchmark run or probe folder (under runs/, or the runs root `root`) before it is made again."""
     import shutil
 
-    if folder.exists() and (REPO / "runs") in folder.resolve().parents:
+    roots = [REPO / "runs"] + ([(REPO / root).resolve()] if root is not None else [])
+    if folder.exists() and any(r in folder.resolve().parents for r in roots):
         shutil.rmtree(folder)
 
 
@@ -396,13 +415,16 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="smoke run: tiny budgets, mini data where it exists, results under runs/quick/")
     p.add_argument("--jobs", type=int, default=1,
                    help="commands run at once (each with OMP_NUM_THREADS=1 when > 1); 2 on a 2-core machine")
+    p.add_argument("--runs", type=Path, default=None, metavar="DIR",
+                   help="folder for the run, probe and log folders (and --quick's records and results) "
+                        "[default: runs/, runs/quick/ under --quick]")
     return p
 
 
 def bench(name: str, args: argparse.Namespace, module: str = "") -> Bench:
     """The Bench of experiment `name` (results stem) run as `python -m benchmarks.<module or name>`."""
-    return Bench(name=name, quick=args.quick, jobs=max(1, args.jobs),
-                 runs=Path("runs/quick") if args.quick else Path("runs"), module=module)
+    root = getattr(args, "runs", None) or (Path("runs/quick") if args.quick else Path("runs"))
+    return Bench(name=name, quick=args.quick, jobs=max(1, args.jobs), runs=root, module=module, root=root)
 
 
 def checkpoint_test_probs(paths: list, data: str, modality: str, split: str = "test"):

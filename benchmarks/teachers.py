@@ -74,11 +74,13 @@ def committed(name: str) -> Optional[Path]:
 
 
 def train_step(b: Bench, name: str, device: list[str]) -> Step:
-    """The `crossmodal teach` step of teacher `name`, in runs/teachers/<name> (runs/quick/teachers under --quick)."""
+    """The `crossmodal teach` step of teacher `name`, in runs/teachers/<name> (runs/quick/teachers under --quick;
+    <DIR>/teachers under --runs DIR)."""
     spec = TEACHERS[name]
     data = b.data(spec.dataset)
     # Teachers live in a runs folder of their own, so benchmark runs never collide with them.
-    teachers_bench = Bench(name=b.name, quick=b.quick, jobs=b.jobs, runs=b.runs / "teachers", records=b.records_dir)
+    teachers_bench = Bench(name=b.name, quick=b.quick, jobs=b.jobs, runs=b.runs / "teachers", records=b.records_dir,
+                           root=b.runs_root)
     step = teachers_bench.train("teach", spec.config, name, "--seed", str(spec.seed), "--set", f"data.path={data}",
                                 *device)
     b._producers.update(teachers_bench._producers)

@@ -90,6 +90,32 @@ def test_quick_mode_reads_mini_data_and_writes_under_runs_quick(tmp_path, monkey
     assert step.cmd[-len(common.QUICK_TRAIN):] == common.QUICK_TRAIN
 
 
+def test_runs_option_moves_every_run_log_and_quick_record_and_partial_copies_follow_it(tmp_path, monkeypatch):
+    """--runs DIR (the GPU queue's group-b jobs pass their state folder): run, teacher and log folders and --quick's
+    records and results go under DIR, a saved benchmarks.partial copy is restored relative to DIR (a teacher's run
+    DIR/teachers/NAME from benchmarks/partial/teachers/NAME), and nothing names runs/. Without it, as before."""
+    from benchmarks import partial
+
+    root = tmp_path / "state" / "runs"
+    b = common.bench("t", common.parser("t", "").parse_args(["--runs", str(root)]))
+    assert b.runs == b.runs_root == root and b.records_dir == common.REPO / "benchmarks/results/records"
+    quick = common.bench("t", common.parser("t", "").parse_args(["--quick", "--runs", str(root)]))
+    assert quick.records_dir == root / "records" and quick.results_dir == root / "results"
+    default = common.bench("t", common.parser("t", "").parse_args(["--quick"]))
+    assert default.runs == Path("runs/quick") and default.records_dir == common.REPO / "runs/quick/records"
+    step = b.train("teach", "configs/x.yaml", "r")
+    assert step.cmd[step.cmd.index("--out-dir") + 1] == str(root) and step.done == root / "r" / "summary.json"
+
+    monkeypatch.setattr(partial, "PARTIAL", tmp_path / "partial")
+    (tmp_path / "partial" / "teachers" / "x").mkdir(parents=True)
+    (tmp_path / "partial" / "teachers" / "x" / "last.pt").write_text("saved")
+    b.records = tmp_path / "records"
+    run_dir = root / "teachers" / "x"  # where teachers.py's train_step puts teacher x's run
+    b.run_stage([recorder(run_dir / "done.txt", "cont", resume_from=run_dir / "last.pt")])
+    assert (run_dir / "last.pt").read_text() == "saved" and (run_dir / "done.txt").read_text() == "cont --resume\n"
+    assert [p.name for p in (root / "bench_logs").iterdir()] == ["done.log"]
+
+
 def test_mean_std_population_and_sample():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
     assert mean_std([1.0, 3.0], sample=True) == (2.0, 2.0 ** 0.5)
