@@ -219,6 +219,73 @@ def _teach_config(tmp_path: Path, data: Path) -> Path:
     return path
 
 
+def _runs_listing() -> set[str]:
+    """What the repository's runs/ holds at its top and in the folders a stray job output would land in (a probe's
+    default out-dir, runs/probe, and --quick's runs/quick)."""
+    runs = queue.REPO / "runs"
+    return {str(p.relative_to(runs)) for folder in (runs, runs / "probe", runs / "quick") if folder.is_dir()
+            for p in folder.iterdir()}
+
+
+def test_a_job_writes_its_runs_probe_and_cache_under_its_state_folder_not_into_the_repository(tmp_path):
+    """run_job as a dry run calls it, on a tiny group-d-style job (an L teacher job, then a CRD ab student of it
+    with the linear probe, on synthetic 16-px data): every run, the probe folder and its feature cache are under
+    the state folder, and the repository's runs/ gets no new entry (the probe once wrote runs/probe/ there: its
+    default out-dir, relative to the working folder the queue's commands run in). ~40 s: three subprocesses."""
+    data = make_prepared(tmp_path, splits={"train": 48, "test": 16}, modalities=("rgb", "L", "ab"), size=16)
+    common = {"data": {"path": str(data), "augment": {"crop": 16, "padding": 2, "hflip": True}},
+              "optim": {"lr": 0.05, "batch_size": 16, "epochs": 1},
+              "engine": {"device": "cpu", "progress": False, "log_every": 1000}}
+    teacher_cfg = tmp_path / "tiny_L_teacher.yaml"
+    teacher_cfg.write_text(yaml.safe_dump({**common, "model": {"arch": "resnet8", "modality": "L"}}))
+    student_cfg = tmp_path / "tiny_L_to_ab.yaml"
+    student_cfg.write_text(yaml.safe_dump({
+        **common, "teachers": [{"checkpoint": "set by the queue", "modality": "L"}],
+        "student": {"arch": "resnet8", "modality": "ab"}, "losses": {"crd": 1.0},
+        "loss_params": {"crd": {"feat_dim": 16, "nce_k": 16, "mode": "relax"}}}))
+    teacher = queue.Job("tiny_L_teacher_s0", "c", "teach", "tiny L teacher", config=str(teacher_cfg))
+    student = queue.Job("tiny_L_to_ab", "d", "distill", "tiny L -> ab: CRD student, linear probe",
+                        config=str(student_cfg), teacher_job=teacher.name, probe=True)
+    state = tmp_path / "state"
+    before = _runs_listing()
+    record = queue.run_job(teacher, tmp_path / "out_teacher", state=state, prepared=data, device="cpu")
+    assert record["status"] == "done"
+    queue.collect(teacher, tmp_path / "out_teacher", results=tmp_path / "results", state=state)
+    assert queue.teacher_file(teacher.name, state).exists()
+    record = queue.run_job(student, tmp_path / "out", state=state, prepared=data, device="cpu")
+    assert record["status"] == "done" and "ab" in record["probe"]
+    assert _runs_listing() - before == set()
+    probes = [p for p in (state / "probe").iterdir() if p.is_dir()]
+    assert (state / "runs" / student.name / "summary.json").exists() and (state / "probe" / "feature_cache").is_dir()
+    assert any((p / "results.json").exists() for p in probes), probes
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "gpu_tiny_L_to_ab.json", "gpu_tiny_L_to_ab.md", "gpu_tiny_L_to_ab_metrics.csv"]
+
+
+def test_a_benchmark_teacher_job_keeps_its_run_under_the_state_folder(tmp_path, monkeypatch):
+    """Group b runs `benchmarks.teachers --runs STATE/runs`: the teacher's run (and its logs and --quick records)
+    are under the state folder, and a run stopped at the budget comes back from there as benchmarks.partial parts;
+    the repository's runs/ gets nothing (the command itself is checked, not the training)."""
+    job = next(j for j in queue.build_jobs() if j.group == "b")
+    name, state, commands = job.name[len("teacher_"):], tmp_path / "state", []
+
+    def fake_run(cmd, timeout=None, stop_at_rows=None, metrics=None):  # a run stopped after two epochs
+        commands.append(cmd)
+        run_dir = Path(cmd[cmd.index("--runs") + 1]) / "teachers" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "last.pt").write_bytes(b"state")
+        (run_dir / "metrics.csv").write_text("epoch\n1\n2\n")
+        return "stopped"
+
+    monkeypatch.setattr(queue, "run", fake_run)
+    before = _runs_listing()
+    record = queue.run_job(job, tmp_path / "out", state=state, device="cuda")
+    assert commands[0][-2:] == ["--runs", str(state / "runs")] and "--quick" not in commands[0]
+    assert record["epochs_done"] == 2 and record["status"] == "partial"
+    assert (tmp_path / "out" / f"partial_{name}_last.pt").read_bytes() == b"state"
+    assert _runs_listing() - before == set()
+
+
 @pytest.mark.slow  # ~50 s: five training subprocesses
 def test_a_run_continues_over_slots_and_ends_with_the_weights_of_one_run(tmp_path, monkeypatch):
     """Each slot stops the run after one more epoch; its last.pt comes back in parts, is filed here, and the next

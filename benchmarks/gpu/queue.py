@@ -379,20 +379,30 @@ def _rows(metrics: Path | None) -> int:
 
 def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | None = None, device: str = "cuda",
             budget_s: float = TRAIN_BUDGET_S, stop_after_epochs: int | None = None, overrides=()) -> dict:
-    """Run (or continue) `job`; write its record, results and returned files into `out`; return the record."""
+    """Run (or continue) `job`; write its record, results and returned files into `out`; return the record.
+
+    What the job makes goes under `state` (training, teacher and probe runs, their logs and feature caches,
+    prepared data, scratch) or `out`, not into the repository: the commands run with the repository as their
+    working folder, so each is given its output folders, and a dry run passes a temporary `state`. (A group-b job's
+    benchmarks.teachers prepares a missing data file into data/, and on the device exports into teachers/.)"""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
+    state = state or STATE
     record = {"job": job.name, "title": job.title, "device": _device_line(device), "status": "partial"}
     if job.kind == "speed":
         raw = out / "speed"  # the script's own files, folded into the job's record and markdown below
-        args = ["--out-dir", str(raw)] + (["--device", "cpu", "--quick"] if device == "cpu" else [])
+        work = state / "speed"  # its synthetic data and runs (else a folder under the system's temporary one)
+        work.mkdir(parents=True, exist_ok=True)
+        args = ["--out-dir", str(raw), "--work", str(work)] + (["--device", "cpu", "--quick"] if device == "cpu"
+                                                               else [])
         run([sys.executable, "-m", "benchmarks.gpu.speed", *args])
         record.update(status="done", results=json.loads((raw / "gpu_speed.json").read_text()),
                       markdown=(raw / "gpu_speed.md").read_text())
         shutil.rmtree(raw)
+        shutil.rmtree(work, ignore_errors=True)
         return _finish(job, out, record, started)
     if job.kind == "decode":
-        data = prepare_data(job, state or STATE, prepared)
+        data = prepare_data(job, state, prepared)
         raw = out / "loader_throughput_encoded_gpu.md"
         run([sys.executable, "benchmarks/loader_throughput.py", "--encoded", "--h5", str(data), "--decode-device",
              device, "--out", str(raw), *(["--batches", "3"] if device == "cpu" else [])])
@@ -400,8 +410,7 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
         raw.unlink()
         return _finish(job, out, record, started)
     if job.group == "b":
-        return _run_benchmark_teacher(job, out, record, started, device, budget_s)
-    state = state or STATE
+        return _run_benchmark_teacher(job, out, record, started, device, budget_s, state)
     runs = state / "runs"
     run_dir = runs / job.name
     _restore_resume_parts(job, state, run_dir)
@@ -433,7 +442,7 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
         if job.is_teacher:
             record["teacher"] = _return_teacher(job, run_dir, out, data, device)
         if job.probe:
-            record["probe"] = _probe(run_dir, data, out)
+            record["probe"] = _probe(run_dir, data, out, state)
     else:
         record["epochs_done"] = _rows(run_dir / "metrics.csv")
         carried = sum(p.stat().st_size for p in carried_files(job, state).values() if p.exists())
@@ -456,15 +465,18 @@ def host_data_note(host: HostData, data: Path) -> str:
             f"the CPU benchmark reads the original bytes")
 
 
-def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, device: str, budget_s: float) -> dict:
-    """Group b: `python -m benchmarks.teachers --only NAME` on the device, the same command the CPU runs, so the
-    teacher comes back as teachers/NAME.pt with its teachers.json record (sha256, test top-1, command, time,
-    machine); stopped at the budget, its run comes back as a benchmarks.partial copy that the next slot resumes
-    from the committed tree. A CPU dry run uses --quick, which exports nothing."""
+def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, device: str, budget_s: float,
+                           state: Path) -> dict:
+    """Group b: `python -m benchmarks.teachers --only NAME` on the device, the same command the CPU runs (its run,
+    log and --quick record folders under `state`/runs: --runs), so the teacher comes back as teachers/NAME.pt
+    with its teachers.json record (sha256, test top-1, command, time, machine); stopped at the budget, its run
+    comes back as a benchmarks.partial copy that the next slot resumes from the committed tree. A CPU dry run
+    uses --quick, which exports nothing."""
     from benchmarks import partial, teachers
 
     name = job.name[len("teacher_"):]
-    cmd = [sys.executable, "-m", "benchmarks.teachers", "--only", name, "--device", device]
+    runs = state / "runs"
+    cmd = [sys.executable, "-m", "benchmarks.teachers", "--only", name, "--device", device, "--runs", str(runs)]
     if device == "cpu":
         cmd.append("--quick")
     how = run(cmd, timeout=budget_s)
@@ -477,12 +489,12 @@ def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, de
         record.update(status="done", teacher=rec)
     else:
         saved = out / "partial"
-        partial.save(REPO / "runs", saved)
+        partial.save(runs, saved)
         run_dir = saved / "teachers" / name
         for item in sorted(run_dir.iterdir()) if run_dir.exists() else []:
             shutil.move(str(item), out / f"partial_{name}_{item.name}")
         shutil.rmtree(saved, ignore_errors=True)
-        record["epochs_done"] = partial.epochs_done(REPO / "runs" / "teachers" / name)
+        record["epochs_done"] = partial.epochs_done(runs / "teachers" / name)
     return _finish(job, out, record, started)
 
 
@@ -617,11 +629,14 @@ def _test_top1(weights: dict, data: Path, device: str) -> float:
     return 100.0 * hits / len(test)
 
 
-def _probe(run_dir: Path, data: Path, out: Path) -> str:
-    """Linear probe of the ab student against a random init (the README's probe command)."""
+def _probe(run_dir: Path, data: Path, out: Path, state: Path) -> str:
+    """Linear probe of the ab student against a random init (the README's probe command). Its probe folder and
+    feature cache go under `state`/probe (the probe's default, runs/probe, is in the repository), replaced by a
+    rerun of the job."""
     report = out / "probe"
     run([sys.executable, "-m", "cli", "probe", "linear", "--checkpoint", str(run_dir / "last.pt"), "--data",
-         str(data), "--modality", "ab", "--random-init", "--report", str(report)])
+         str(data), "--modality", "ab", "--random-init", "--report", str(report), "--out-dir", str(state / "probe"),
+         "--force"])
     text = "\n".join(p.read_text() for p in sorted(report.glob("*.md")))
     shutil.rmtree(report)
     return text[:2000]
