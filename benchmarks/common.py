@@ -31,7 +31,10 @@ from benchmarks import partial
 from crossmodal.tempfiles import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+# The real datasets: ../shared/data beside the repository, or the folder SHARED_DATA_ENV names (on a GPU machine the
+# queue's carried archives are under the repository, not beside it).
+SHARED_DATA_ENV = "CROSSMODAL_SHARED_DATA"
+SHARED = Path(os.environ[SHARED_DATA_ENV]) if os.environ.get(SHARED_DATA_ENV) else REPO.parent / "shared" / "data"
 
 # Raw archive in ../shared/data, prepared file, `crossmodal prepare` arguments after the kind.
 DATASETS = {

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -275,7 +277,7 @@ def test_a_benchmark_teacher_job_keeps_its_run_under_the_state_folder(tmp_path, 
     job = next(j for j in queue.build_jobs() if j.group == "b")
     name, state, commands = job.name[len("teacher_"):], tmp_path / "state", []
 
-    def fake_run(cmd, timeout=None, stop_at_rows=None, metrics=None):  # a run stopped after two epochs
+    def fake_run(cmd, timeout=None, stop_at_rows=None, metrics=None, env=None):  # a run stopped after two epochs
         commands.append(cmd)
         run_dir = Path(cmd[cmd.index("--runs") + 1]) / "teachers" / name
         run_dir.mkdir(parents=True)
@@ -360,6 +362,27 @@ def test_next_prints_the_device_command_and_what_it_carries(capsys):
         plan = json.loads(printed)
         assert plan["command"] == f"PYTHONUNBUFFERED=1 python -m benchmarks.gpu.queue --run {job.name} --out $OUT"
         assert plan["input_mib"] * MiB <= queue.INPUT_LIMIT or plan["problems"]
+
+
+def test_a_benchmark_teacher_job_reads_the_archive_it_carried(tmp_path, monkeypatch):
+    """On a GPU machine the repository copy has no ../shared/data beside it: a group-b job points benchmarks.common at
+    the archive it carried (DATA_LINK/ in the copy); where that is absent (a host without the link), at
+    ../shared/data. The child process reads the folder from the environment."""
+    from benchmarks.common import SHARED_DATA_ENV
+
+    job = next(j for j in queue.build_jobs() if j.group == "b")
+    seen = []
+    monkeypatch.setattr(queue, "run", lambda cmd, timeout=None, env=None: seen.append(env) or "stopped")
+    monkeypatch.setattr(queue, "REPO", tmp_path / "repo")
+    queue.run_job(job, tmp_path / "out0", state=tmp_path / "state", device="cuda")
+    assert seen[-1] == {SHARED_DATA_ENV: str(queue.SHARED_DATA)}
+    sparse(tmp_path / "repo" / queue.DATA_LINK / queue.DATASETS[job.dataset][0], 10)  # what the device call carried
+    queue.run_job(job, tmp_path / "out1", state=tmp_path / "state", device="cuda")
+    assert seen[-1] == {SHARED_DATA_ENV: str(tmp_path / "repo" / queue.DATA_LINK)}
+    script = "from benchmarks import common; print(common.SHARED)"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, **seen[-1]), cwd=Path(__file__).resolve().parents[1])
+    assert child.stdout.strip() == str(tmp_path / "repo" / queue.DATA_LINK)
 
 
 def test_the_dry_run_runs_the_next_job_end_to_end_on_the_cpu(capsys):

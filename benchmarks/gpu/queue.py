@@ -337,10 +337,11 @@ def prepare_data(job: Job, work: Path, prepared: Path | None) -> Path:
 
 
 def run(cmd: list[str], timeout: float | None = None, stop_at_rows: int | None = None,
-        metrics: Path | None = None) -> str:
-    """Run `cmd`; on timeout (or once `metrics` holds `stop_at_rows` epoch rows) interrupt it: 'stopped'."""
+        metrics: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run `cmd` (with `env` added to the environment); on timeout (or once `metrics` holds `stop_at_rows` epoch
+    rows) interrupt it: 'stopped'."""
     print("+", shlex.join(cmd), flush=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     start = time.monotonic()
     while proc.poll() is None:
@@ -473,13 +474,18 @@ def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, de
     comes back as a benchmarks.partial copy that the next slot resumes from the committed tree. A CPU dry run
     uses --quick, which exports nothing."""
     from benchmarks import partial, teachers
+    from benchmarks.common import SHARED_DATA_ENV
 
     name = job.name[len("teacher_"):]
     runs = state / "runs"
     cmd = [sys.executable, "-m", "benchmarks.teachers", "--only", name, "--device", device, "--runs", str(runs)]
     if device == "cpu":
         cmd.append("--quick")
-    how = run(cmd, timeout=budget_s)
+    # benchmarks.common reads the archives from ../shared/data, which a GPU machine does not have: the job carried
+    # its archive to DATA_LINK/ in the repository copy (here that link points at ../shared/data)
+    carried = REPO / DATA_LINK
+    shared = carried if (carried / DATASETS[job.dataset][0]).exists() else SHARED_DATA
+    how = run(cmd, timeout=budget_s, env={SHARED_DATA_ENV: str(shared)})
     if device == "cpu":
         record.update(status="dry run", note="benchmarks.teachers --quick: nothing exported")
     elif how == "finished":
