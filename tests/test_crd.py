@@ -106,7 +106,7 @@ class ReferenceCRD:
         self.z[side] = z
         return z
 
-    def step(self, f_s, f_t, index, negatives, objective="nce", invalid=None, positive="memory", update=True):
+    def step(self, f_s, f_t, index, negatives, invalid=None, positive="memory", update=True):
         """Loss of one training step on head outputs f_s, f_t (B, D); then the memory update. Returns the loss."""
         losses = []
         for side, (anchors, others, memory) in enumerate(((f_s, f_t, self.mem_t), (f_t, f_s, self.mem_s))):
@@ -119,13 +119,6 @@ class ReferenceCRD:
                     row_scores = torch.cat([(others[i].detach() @ anchors[i]).view(1), row_scores[1:]])
                 scores.append(row_scores / self.tau)  # (K+1,)
             scores = torch.stack(scores)  # (B, K+1)
-            if objective == "infonce":
-                total = 0.0
-                for i in range(len(index)):
-                    row = scores[i] if invalid is None else torch.cat([scores[i, :1], scores[i, 1:][~invalid[i]]])
-                    total = total - torch.log_softmax(row, 0)[0]
-                losses.append(total / len(index))
-                continue
             exp_scores = torch.exp(scores)
             z_value = self.next_z(side, exp_scores.detach().mean().item() * self.num_rows)
             p = exp_scores / z_value
@@ -148,8 +141,7 @@ class ReferenceCRD:
         return losses[0] + losses[1]
 
 
-def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), objective="nce", invalid=None,
-                   positive="memory"):
+def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), invalid=None, positive="memory"):
     """One step of ReferenceCRD at the defaults' constants from the module's current memories: returns loss,
     Z values and the updated memories. `z` gives each side's Z to keep (frozen), None for the batch's own.
 
@@ -158,8 +150,8 @@ def plain_crd_step(crd, s_emb, t_emb, index, negatives, z=(None, None), objectiv
     reference = ReferenceCRD(crd, TAU, MOMENTUM)
     reference.z = list(z)
     f_s, f_t = reference_heads(crd, s_emb, t_emb)
-    loss = reference.step(f_s, f_t, index, negatives, objective=objective, invalid=invalid, positive=positive)
-    return loss, reference.z if objective == "nce" else [], reference.mem_s.float(), reference.mem_t.float()
+    loss = reference.step(f_s, f_t, index, negatives, invalid=invalid, positive=positive)
+    return loss, reference.z, reference.mem_s.float(), reference.mem_t.float()
 
 
 def head_grads(crd):
@@ -316,17 +308,16 @@ def test_ema_z_starts_at_first_batch_then_follows_batches():
     assert z_second_batch != pytest.approx(z_first, rel=1e-3)  # so the check above can tell EMA from frozen
 
 
-def test_infonce_matches_plain_cross_entropy():
-    crd = make_crd(objective="infonce")
-    s_emb, t_emb, index = make_batch()
-    negatives = sample_negatives(index, K, N, crd.classes)
-    plain_loss, _, _, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives, objective="infonce")
-    assert run_crd(crd, s_emb, t_emb, index, negatives).item() == pytest.approx(plain_loss.item(), rel=1e-5)
+def test_the_removed_infonce_objective_is_refused_with_one_line():
+    """`objective` (InfoNCE) was removed after the ablation measured no effect (docs/DISTILLERS.md): a config that
+    still names it fails with the key in a one-line error instead of being ignored."""
+    with pytest.raises(ConfigError, match="loss 'crd' has no parameter 'objective'") as err:
+        build_distiller("crd", make_spec(make_labels()), feat_dim=FEAT, nce_k=K, objective="infonce")
+    assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("objective", ["nce", "infonce"])
-def test_shared_negatives_match_plain_algorithm_with_mask(objective):
-    crd = make_crd(negatives="shared", objective=objective, z_estimate="frozen")
+def test_shared_negatives_match_plain_algorithm_with_mask():
+    crd = make_crd(negatives="shared", z_estimate="frozen")
     s_emb, t_emb, index = make_batch()
     negatives = sample_shared_negatives(K, N, "cpu")
     negatives[:3] = index[:3]  # make sure some anchors meet their own row among the shared negatives
@@ -335,8 +326,7 @@ def test_shared_negatives_match_plain_algorithm_with_mask(objective):
     labels = crd.classes.row_labels
     same_class = (labels[negatives][None, :] == labels[index][:, None]) & (labels[index] >= 0)[:, None]
     assert torch.equal(invalid, same_class | (negatives[None, :] == index[:, None]))
-    plain_loss, _, plain_mem_s, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives, objective=objective,
-                                                   invalid=invalid)
+    plain_loss, _, plain_mem_s, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives, invalid=invalid)
     assert run_crd(crd, s_emb, t_emb, index, negatives).item() == pytest.approx(plain_loss.item(), rel=1e-5)
     torch.testing.assert_close(crd.memory_student.rows, plain_mem_s, rtol=1e-5, atol=1e-6)
 

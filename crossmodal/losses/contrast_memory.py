@@ -268,7 +268,7 @@ class PartitionEstimate(nn.Module):
         return log_z
 
 
-# ------------------------------------------------------------------------------------------ objectives
+# ------------------------------------------------------------------------------------------- objective
 def nce_loss(log_p: torch.Tensor, noise_ratio: float, invalid: Optional[torch.Tensor] = None,
              eps: float = 1e-7) -> torch.Tensor:
     """CRD's NCE loss, Eq. (18) of the paper: -(1/B) sum_b [log h(pos_b) + sum_k log(1 - h(neg_bk))].
@@ -286,14 +286,6 @@ def nce_loss(log_p: torch.Tensor, noise_ratio: float, invalid: Optional[torch.Te
     if invalid is not None:
         log_not_h_negative = log_not_h_negative.masked_fill(invalid, 0.0)
     return -(log_h_positive.sum() + log_not_h_negative.sum()) / log_p.shape[0]
-
-
-def infonce_loss(logits: torch.Tensor, invalid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """InfoNCE: cross-entropy of the positive (column 0) among its K+1 logits s / tau (B, K+1), mean over anchors."""
-    if invalid is not None:  # masked negatives get zero probability
-        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(invalid, -math.inf)], dim=1)
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # the positive is column 0
-    return F.cross_entropy(logits, target)
 
 
 def check_choice(key: str, value, choices: tuple) -> None:

@@ -5,10 +5,10 @@ What is implemented (paper Sec. 3.1 and the reference code's behaviour):
 - Two memories of N = spec.num_samples unit rows (student side, teacher side). The student's embedding of
   sample i is scored against the teacher memory and vice versa; the anchor's own row (batch["index"]) is
   its positive, K rows drawn by `mode` are its negatives, and the two terms are summed.
-- `objective="nce"`: with P = exp(g_T(t)'g_S(s) / tau) / Z and uniform noise over the N rows, the critic is
-  h = P / (P + K/N) (the paper's h(T,S) with its N/M ratio = K/N here), and the loss is Eq. (18):
+- The objective is the paper's NCE: with P = exp(g_T(t)'g_S(s) / tau) / Z and uniform noise over the N rows,
+  the critic is h = P / (P + K/N) (the paper's h(T,S) with its N/M ratio = K/N here), and the loss is Eq. (18):
       L = -E_pos[log h] - K * E_neg[log(1 - h)]   (summed over the K negatives, averaged over anchors).
-  `objective="infonce"`: cross-entropy of the positive among its K+1 scores / tau (Z cancels).
+  (An InfoNCE option was removed: docs/DISTILLERS.md gives its measured effect.)
 - Z, the normalisation constant of exp(s/tau): the default `z_estimate="frozen"` is the reference's
   Z = mean(exp(s/tau)) * N from the first training batch, kept forever (one Z per direction). The option
   `"ema"` starts there and then follows Z_batch with momentum `z_momentum` (see
@@ -76,7 +76,6 @@ from crossmodal.losses.contrast_memory import (
     PartitionEstimate,
     batch_log_partition,
     check_choice,
-    infonce_loss,
     nce_loss,
     sample_negatives,
     sample_shared_negatives,
@@ -114,13 +113,12 @@ class CRDLoss(Distiller):
     capturable = True  # sampling, scores, Z and the in-place memory update are device-only, of static shape
 
     def __init__(self, spec: DistillSpec, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
-                 nce_m: float = 0.5, mode: str = "exact", objective: str = "nce", z_estimate: str = "frozen",
+                 nce_m: float = 0.5, mode: str = "exact", z_estimate: str = "frozen",
                  z_momentum: float = 0.99, negatives: str = "per_sample", positive: str = "memory",
                  memory_dtype: str = "float32", replacement: bool = False):
         super().__init__(spec)
         check_choice("mode", mode, ("exact", "relax"))
         check_choice("memory_dtype", memory_dtype, tuple(MEMORY_DTYPES))
-        check_choice("objective", objective, ("nce", "infonce"))
         check_choice("z_estimate", z_estimate, ("ema", "frozen"))
         check_choice("negatives", negatives, ("per_sample", "shared"))
         check_choice("positive", positive, ("memory", "batch"))
@@ -134,7 +132,7 @@ class CRDLoss(Distiller):
         if not 0 <= nce_m < 1 or not 0 <= z_momentum < 1:
             raise ConfigError(f"crd: nce_m={nce_m} and z_momentum={z_momentum} must be in [0, 1)")
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = int(feat_dim), int(nce_k), float(nce_t), float(nce_m)
-        self.mode, self.objective, self.negatives, self.positive = mode, objective, negatives, positive
+        self.mode, self.negatives, self.positive = mode, negatives, positive
         self.num_rows, self.memory_dtype = num_rows, memory_dtype
         if not isinstance(replacement, bool):
             raise ConfigError(f"crd: replacement={replacement!r} must be true or false")
@@ -215,8 +213,6 @@ class CRDLoss(Distiller):
             fresh = (anchors * others.detach()).sum(dim=1, keepdim=True)  # (B, 1)
             scores = torch.cat([fresh, scores[:, 1:]], dim=1)
         logits = scores / self.nce_t
-        if self.objective == "infonce":
-            return infonce_loss(logits, invalid)
         log_z = z(batch_log_partition(logits, self.num_rows), update=self.training).to(logits.dtype)
         noise_ratio = (logits.shape[1] - 1) / self.num_rows  # K / N
         return nce_loss(logits - log_z, noise_ratio, invalid)
@@ -231,5 +227,5 @@ class CRDLoss(Distiller):
     def extra_repr(self) -> str:
         """Key settings, shown by print(module)."""
         return (f"num_rows={self.num_rows}, feat_dim={self.feat_dim}, nce_k={self.nce_k}, nce_t={self.nce_t}, "
-                f"nce_m={self.nce_m}, mode={self.mode!r}, objective={self.objective!r}, negatives={self.negatives!r}, "
+                f"nce_m={self.nce_m}, mode={self.mode!r}, negatives={self.negatives!r}, "
                 f"positive={self.positive!r}, memory_dtype={self.memory_dtype!r}, replacement={self.replacement}")
