@@ -26,7 +26,7 @@ from typing import Any, Iterable, Literal, Optional, TypeVar, Union
 
 import yaml
 
-from crossmodal.errors import ConfigError, did_you_mean
+from crossmodal.errors import ConfigError, did_you_mean, require_file
 from crossmodal.tempfiles import atomic_write_text
 
 REQUIRED: Any = "???"  # sentinel default: the key must be given
@@ -87,10 +87,7 @@ def read_yaml(path: str | Path):
 
     Raises ConfigError naming the file (and the line of a syntax error)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a regular file; pass a YAML config file")
+    require_file(path, ConfigError, "no such config file", "pass a YAML config file")
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)

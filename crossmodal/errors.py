@@ -19,3 +19,14 @@ def did_you_mean(value, choices, prefix: str = "", cutoff: float = 0.6) -> str:
 
     near = difflib.get_close_matches(str(value), sorted(str(c) for c in choices), n=1, cutoff=cutoff)
     return f"; did you mean {prefix + near[0]!r}?" if near else ""
+
+
+def require_file(path, error: type[CrossmodalError], missing: str, expected: str) -> None:
+    """Raise `error` in one line naming `path` unless it is an existing regular file: "<path>: <missing>" when
+    nothing is there, "<path>: not a regular file; <expected>" when it is a folder or a device."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise error(f"{path}: {missing}")
+    if not Path(path).is_file():
+        raise error(f"{path}: not a regular file; {expected}")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import h5py
 
-from crossmodal.errors import DataError
+from crossmodal.errors import DataError, require_file
 from crossmodal.modalities import MODALITIES
 
 SCHEMA_VERSION = 2
@@ -200,10 +200,7 @@ def _check_labels(ds, num_classes: int, where: str) -> None:
 def open_prepared(path: str | Path) -> tuple[h5py.File, dict]:
     """Open a prepared file read-only and validate it; raise DataError with the path on any problem."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file; expected a prepared .h5 file")
+    require_file(path, DataError, "no such file", "expected a prepared .h5 file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
