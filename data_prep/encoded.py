@@ -48,6 +48,7 @@ from crossmodal.color import rgb_to_lab
 from crossmodal.data.codec import decode, is_jpeg, jpeg_orientation, jpeg_size, reduction_for
 from crossmodal.errors import DataError
 from crossmodal.modalities import MODALITIES
+from data_prep.pixels import ChannelStats, fit_record, to_float16
 from data_prep.source import SplitSource
 
 JPEG_QUALITY = 90  # when an image is (re-)encoded as JPEG
@@ -176,7 +177,6 @@ def encode_item(item, split: SplitSource, options: EncodeOptions):
         return None
     if fast is not None:
         return (*fast, int(item.label))  # a split with `read` has items carrying their label
-    from data_prep.writer import fit_record  # the raw path's decoder and fitting, so pixels match a raw file's
 
     try:
         record = split.decode(item)
@@ -219,7 +219,6 @@ def _block_stats(images: list[np.ndarray], modalities: list[str]) -> dict:
 
     One histogram call per channel and block, not per image: a 65,536-bin float16 histogram costs
     about as much to set up as to fill for a small image."""
-    from data_prep.writer import ChannelStats, to_float16
 
     pixels = np.concatenate([image.reshape(-1, 3) for image in images])[None]  # (1, P, 3) uint8 RGB
     accumulators = {m: ChannelStats(MODALITIES[m].dtype, MODALITIES[m].channels) for m in modalities}

@@ -20,7 +20,8 @@ from crossmodal.color import rgb_to_lab
 from crossmodal.data.schema import open_prepared
 from crossmodal.modalities import MODALITIES
 from data_prep.images import open_file_tree, read_cifar100, read_imagefolder
-from data_prep.writer import fit_record, write_prepared
+from data_prep.pixels import fit_record
+from data_prep.writer import write_prepared
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_MINI = DATA / "cifar10-mini.tar.gz"
