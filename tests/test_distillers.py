@@ -316,7 +316,41 @@ def test_fitnet_regressor_reaches_the_teacher_shape(s_shape, t_shape):
     assert hint_regressor(s_shape, t_shape)(torch.randn(2, *s_shape)).shape == (2, *t_shape)
 
 
+@pytest.mark.parametrize("s_shape, t_shape, kind, kernel, stride, padding", [
+    ((4, 8, 8), (6, 8, 8), nn.Conv2d, (1, 1), (1, 1), (0, 0)),  # same size: 1x1
+    ((4, 8, 8), (6, 4, 4), nn.Conv2d, (3, 3), (2, 2), (1, 1)),  # twice the size: 3x3, stride 2 (not a 5x5)
+    ((4, 8, 6), (6, 5, 4), nn.Conv2d, (4, 3), (1, 1), (0, 0)),  # larger, not twice: one valid conv per axis
+    ((4, 8, 6), (6, 8, 4), nn.Conv2d, (1, 3), (1, 1), (0, 0)),  # equal height, larger width
+    ((4, 6, 8), (6, 4, 8), nn.Conv2d, (3, 1), (1, 1), (0, 0)),  # larger height, equal width
+    ((4, 4, 4), (6, 8, 8), nn.ConvTranspose2d, (4, 4), (2, 2), (1, 1)),  # half the size: 4x4 transposed, stride 2
+])
+def test_fitnet_regressor_is_the_reference_conv_of_each_size_rule(s_shape, t_shape, kind, kernel, stride, padding):
+    """The reference's hint regressor (ConvReg): which conv, with which kernel, stride and padding, for each rule;
+    then BN and ReLU. An 8 -> 4 map reaches the right shape by either of two convs, so the shape alone cannot
+    tell them apart."""
+    regressor = hint_regressor(s_shape, t_shape)
+    conv, bn, relu = regressor
+    assert type(conv) is kind and (conv.in_channels, conv.out_channels) == (s_shape[0], t_shape[0])
+    assert (conv.kernel_size, conv.stride, conv.padding) == (kernel, stride, padding)
+    assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == t_shape[0] and isinstance(relu, nn.ReLU)
+    assert regressor(torch.randn(2, *s_shape)).shape == (2, *t_shape)
+
+
+def test_fitnet_hint_layer_counts_from_either_end(pair):
+    """hint_layer indexes the feature maps like a Python list: -n is the first map both models have; -n - 1 and n
+    are out."""
+    spec = pair[2]
+    n = min(len(spec.student.features), len(spec.teacher.features))
+    assert build_distiller("fitnet", spec, hint_layer=-n).hint_layer == -n
+    for outside in (-n - 1, n):
+        with pytest.raises(ConfigError, match=f"hint_layer {outside} is out of range"):
+            build_distiller("fitnet", spec, hint_layer=outside)
+
+
 def test_fitnet_rejects_impossible_hint_shapes_and_layers(pair):
+    with pytest.raises(ConfigError, match="cannot regress a 8x4 student hint to a 4x8 teacher hint; choose a "
+                                          "hint_layer where the student map is at least as large or exactly half"):
+        hint_regressor((4, 8, 4), (6, 4, 8))  # larger along one axis, smaller along the other
     with pytest.raises(ConfigError, match="cannot regress a 4x4 student hint to a 7x7"):
         hint_regressor((4, 4, 4), (6, 7, 7))
     with pytest.raises(ConfigError, match="hint_layer 5 is out of range"):
