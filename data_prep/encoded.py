@@ -147,7 +147,8 @@ def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
         # it), so that every decoder, nvJPEG included, reads the stored bytes the same way
         return None
     h, w = header
-    if options.reencode and (options.max_side is None or max(h, w) <= options.max_side):
+    fits = options.max_side is None or max(h, w) <= options.max_side  # no shrinking needed
+    if fits and options.reencode:
         decoded = decode(data)
         if decoded is None:
             return "unreadable"
@@ -155,7 +156,7 @@ def _passthrough(data, options: EncodeOptions) -> tuple | str | None:
         # stats from the stored bytes, decoded as kept bytes are (below), so they describe what the loader reads
         reduced = decode(encoded, stats_reduction(h, w))
         return encoded, (h, w), reduced, True
-    if options.max_side is None or max(h, w) <= options.max_side:
+    if fits:
         reduced = decode(data, stats_reduction(h, w))  # decodes the whole entropy-coded stream: validates it
         if reduced is None:
             return "unreadable"

@@ -328,12 +328,16 @@ def prepare_data(job: Job, work: Path, prepared: Path | None) -> Path:
     out = work / "data" / f"{job.dataset}.h5"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        source = REPO / DATA_LINK / archive  # what the device call carries; here ../shared/data serves too
-        if not source.exists():
-            source = SHARED_DATA / archive
-        run([sys.executable, "-m", "cli", "prepare", "imagefolder", str(source), "--out", str(out), *args,
-             "--workers", str(min(16, os.cpu_count() or 1))])
+        run([sys.executable, "-m", "cli", "prepare", "imagefolder", str(archive_path(archive)), "--out", str(out),
+             *args, "--workers", str(min(16, os.cpu_count() or 1))])
     return out
+
+
+def archive_path(archive: str) -> Path:
+    """Where a job's data archive is: carried to DATA_LINK/ in the repository copy (on the device), else in
+    ../shared/data (here, where DATA_LINK is a link to it or absent)."""
+    carried = REPO / DATA_LINK / archive
+    return carried if carried.exists() else SHARED_DATA / archive
 
 
 def run(cmd: list[str], timeout: float | None = None, stop_at_rows: int | None = None,
@@ -481,11 +485,9 @@ def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, de
     cmd = [sys.executable, "-m", "benchmarks.teachers", "--only", name, "--device", device, "--runs", str(runs)]
     if device == "cpu":
         cmd.append("--quick")
-    # benchmarks.common reads the archives from ../shared/data, which a GPU machine does not have: the job carried
-    # its archive to DATA_LINK/ in the repository copy (here that link points at ../shared/data)
-    carried = REPO / DATA_LINK
-    shared = carried if (carried / DATASETS[job.dataset][0]).exists() else SHARED_DATA
-    how = run(cmd, timeout=budget_s, env={SHARED_DATA_ENV: str(shared)})
+    # benchmarks.common reads the archives from ../shared/data, which a GPU machine does not have: point it at the
+    # folder that holds the archive this job carried
+    how = run(cmd, timeout=budget_s, env={SHARED_DATA_ENV: str(archive_path(DATASETS[job.dataset][0]).parent)})
     if device == "cpu":
         record.update(status="dry run", note="benchmarks.teachers --quick: nothing exported")
     elif how == "finished":
