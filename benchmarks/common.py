@@ -224,9 +224,13 @@ class Bench:
             if self._record_is_stale(step):
                 _clear(step.done.parent, self.runs_root)
             elif step.resume_from is not None and not self.quick:
-                # an unfinished run of an earlier session
-                if partial.restore(step.resume_from.parent, runs=REPO / self.runs_root, partial=partial.PARTIAL):
-                    print(f"  restored {shown(step.resume_from.parent)} from {shown(partial.PARTIAL)}", flush=True)
+                # an unfinished run of an earlier session (only on the device it ran on: same seed, same device)
+                run_dir, runs = step.resume_from.parent, REPO / self.runs_root
+                why = partial.refusal(run_dir, _device_flag(step.cmd), runs=runs, partial=partial.PARTIAL)
+                if why:
+                    print(f"  not restored {shown(run_dir)}: {why}; it starts afresh", flush=True)
+                elif partial.restore(run_dir, runs=runs, partial=partial.PARTIAL):
+                    print(f"  restored {shown(run_dir)} from {shown(partial.PARTIAL)}", flush=True)
             todo.append(step)
         missing = [p for step in todo for p in step.needs if not p.exists()]
         producers = [self._producers[d] for d in dict.fromkeys(d for p in missing for d in self._producers
@@ -261,7 +265,7 @@ class Bench:
                 log = logs / f"{_slug(step)}.log"
                 print(f"+ {shlex.join(cmd)}   (log: {shown(log)})", flush=True)
                 handle = open(log, "w")
-                running.append((step, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle,
+                running.append((step, subprocess.Popen(launch_argv(cmd), cwd=REPO, env=env, stdout=handle,
                                                        stderr=subprocess.STDOUT), log, time.perf_counter()))
             if failed and not running:
                 break
@@ -395,6 +399,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _device_flag(cmd: list[str]) -> Optional[str]:
+    """The value of a `--device` option in `cmd`, or None (the config's engine.device then applies)."""
+    for i, arg in enumerate(cmd):
+        if arg == "--device" and i + 1 < len(cmd):
+            return cmd[i + 1]
+        if arg.startswith("--device="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def shown(path: Path) -> str:
     """`path` relative to the repo when it is inside it."""
     try:
@@ -469,13 +483,34 @@ def welch_t(a: list[float], b: list[float]) -> Optional[float]:
     return None if se == 0 else (ma - mb) / se
 
 
-def machine_line() -> str:
+def machine_line(device: Optional[str] = None) -> str:
+    """The host's CPU and core count; for a run on `device` "cuda", the GPU's name first (the host in brackets)."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    host = f"{cpu}, {os.cpu_count()} cores"
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(torch.device(device))} (host: {host})"
+    return host
+
+
+def launch_argv(cmd: list[str]) -> list[str]:
+    """The argv that runs `cmd`: a `crossmodal ...` command runs as `python -m cli ...` with this interpreter, so a
+    checkout runs its own code whether or not (and wherever) the package is installed (a device machine has no
+    console script); every other command runs as it is. Logs and records keep the `crossmodal` spelling."""
+    return [sys.executable, "-m", "cli", *cmd[1:]] if cmd and cmd[0] == "crossmodal" else list(cmd)
+
+
+def relative_command(cmd: list[str]) -> str:
+    """`cmd` as one shell line, with arguments that are absolute paths inside the repository made relative
+    (a record's command then reads the same on every machine)."""
+    root = str(REPO) + os.sep
+    return shlex.join(a[len(root):] if a.startswith(root) else a for a in cmd)
 
 
 def new_figure(ncols: int = 1, width: float = 5.0):

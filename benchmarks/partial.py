@@ -72,6 +72,25 @@ def restore(run_dir: Path, runs: Path = RUNS, partial: Path = PARTIAL) -> bool:
     return True
 
 
+def refusal(run_dir: Path, device: str | None, runs: Path = RUNS, partial: Path = PARTIAL) -> str | None:
+    """Why the saved copy of `run_dir` must not be restored for a run on `device` (None when it may, or when there
+    is nothing to restore): a run continues only on the kind of device it started on (same seed, same device,
+    same numbers), so a CPU run's saved half is not finished on a GPU. `device` None means the run's config decides,
+    and the saved config is that config."""
+    try:
+        source = partial / run_dir.resolve().relative_to(runs.resolve())
+    except ValueError:
+        return None
+    if device is None or (run_dir / "last.pt").exists() or not (source / "config.yaml").exists():
+        return None
+    import yaml
+
+    saved = str((yaml.safe_load((source / "config.yaml").read_text()) or {}).get("engine", {}).get("device", "auto"))
+    if saved.split(":")[0] != device.split(":")[0]:
+        return f"its saved half ran on {saved}, this run is on {device}"
+    return None
+
+
 def epochs_done(run: Path) -> int:
     """Completed epochs of a run folder, from its metrics.csv (0 when absent)."""
     metrics = run / "metrics.csv"

@@ -18,14 +18,13 @@ selects the weights.
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import (REPO, Bench, Step, bench, git_commit, machine_line, main_guard, parser, run_budget,
-                               shown)
+from benchmarks.common import (REPO, Bench, Step, bench, git_commit, machine_line, main_guard, parser,
+                               relative_command, run_budget, shown)
 
 TEACHER_DIR = REPO / "teachers"
 RECORDS = TEACHER_DIR / "teachers.json"
@@ -123,14 +122,19 @@ def export(b: Bench, name: str, step: Step) -> dict:
         "data_file": cfg["data"]["path"], "used_by": spec.used_by,
         "test_top1": round(top1, 2), "run_final_test_top1": summary["final_test_top1"],
         "epochs": budget["epochs"], "images_seen": budget["images_seen"], "passes": budget["passes"],
-        "config": spec.config, "seed": spec.seed, "command": shlex.join(step.cmd),
+        "config": spec.config, "seed": spec.seed, "command": relative_command(step.cmd),
         "train_time_s": round(summary["train_time_s"], 1), "device": summary["device"],
-        "machine": machine_line(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": machine_line(summary["device"]), "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     records = load_records()
     records[name] = record
     write_records(records)
     return record
+
+
+def duration(seconds: float) -> str:
+    """A training time as the table shows it: seconds under 90 s, else minutes."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def write_records(records: dict) -> None:
@@ -154,7 +158,7 @@ def write_records(records: dict) -> None:
     ]
     for name, r in sorted(records.items()):
         lines.append(f"| `{r['file']}` | {r['arch']} | {r['modality']} | {r['dataset']} | {r['test_top1']:.2f} | "
-                     f"{r['passes']:g} | {r['train_time_s'] / 60:.0f} min | {r['device']} | {r['sha256'][:16]} | "
+                     f"{r['passes']:g} | {duration(r['train_time_s'])} | {r['device']} | {r['sha256'][:16]} | "
                      f"{r['used_by']} |")
     lines += ["", "Commands (each after `crossmodal prepare` of its data, see the config's header):", "", "```"]
     lines += [r["command"] for _, r in sorted(records.items())]

@@ -346,3 +346,60 @@ def test_an_unfinished_run_saved_in_the_repository_continues_in_a_fresh_checkout
     (runs / "teachers" / "t" / "summary.json").write_text("{}")  # it finished: the saved copy goes
     assert partial.save(runs, saved) == ["removed teachers/t: finished"]
     assert not (saved / "teachers" / "t").exists()
+
+
+def test_a_saved_half_continues_only_on_the_kind_of_device_it_ran_on(tmp_path, monkeypatch, capsys):
+    """A CPU run's saved copy is restored for a CPU run (or one whose config decides) and not for a `--device cuda`
+    run, which starts afresh and says why: a resumed run must be the same seed on the same device."""
+    from benchmarks import partial
+
+    root = tmp_path / "runs"
+    monkeypatch.setattr(partial, "PARTIAL", tmp_path / "partial")
+    saved = tmp_path / "partial" / "x"
+    saved.mkdir(parents=True)
+    (saved / "last.pt").write_text("saved")
+    (saved / "config.yaml").write_text("engine: {device: cpu, precision: fp32}\n")
+    run_dir = root / "x"
+    assert partial.refusal(run_dir, "cuda", root, tmp_path / "partial") == \
+        "its saved half ran on cpu, this run is on cuda"
+    assert partial.refusal(run_dir, "cuda:0", root, tmp_path / "partial")
+    assert partial.refusal(run_dir, "cpu", root, tmp_path / "partial") is None
+    assert partial.refusal(run_dir, None, root, tmp_path / "partial") is None
+    assert partial.refusal(tmp_path / "elsewhere" / "x", "cuda", root, tmp_path / "partial") is None
+
+    b = common.bench("t", common.parser("t", "").parse_args(["--runs", str(root)]))
+    b.records = tmp_path / "records"
+    run_dir.mkdir(parents=True)  # a fresh run folder, without a last.pt
+    b.run_stage([recorder(run_dir / "done.txt", "--device", "cuda", resume_from=run_dir / "last.pt")])
+    assert not (run_dir / "last.pt").exists() and (run_dir / "done.txt").read_text() == "--device cuda\n"
+    assert "not restored" in capsys.readouterr().out
+    (run_dir / "done.txt").unlink()
+    b.run_stage([recorder(run_dir / "done.txt", "--device=cpu", resume_from=run_dir / "last.pt")])
+    assert (run_dir / "last.pt").read_text() == "saved"
+    assert (run_dir / "done.txt").read_text() == "--device=cpu --resume\n"
+    assert partial.refusal(run_dir, "cuda", root, tmp_path / "partial") is None  # its own last.pt: nothing to restore
+
+
+def test_crossmodal_commands_run_with_this_interpreter_and_records_read_the_same_everywhere():
+    """A `crossmodal` step runs as `python -m cli` (a device machine has no console script) and every other
+    command as it is; a record's command names paths inside the repository relative to it."""
+    assert common.launch_argv(["crossmodal", "teach", "c.yaml"]) == [sys.executable, "-m", "cli", "teach", "c.yaml"]
+    assert common.launch_argv(["python", "-c", "x"]) == ["python", "-c", "x"]
+    inside, outside = str(common.REPO / ".gpu_state" / "runs"), "/elsewhere/runs"
+    assert common.relative_command(["crossmodal", "teach", "--out-dir", inside, "--x", outside, "a b"]) == \
+        "crossmodal teach --out-dir .gpu_state/runs --x /elsewhere/runs 'a b'"
+    done = subprocess.run(common.launch_argv(["crossmodal", "--version"]), cwd=common.REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "crossmodal" in done.stdout
+
+
+def test_teacher_table_shows_short_trainings_in_seconds_and_a_gpu_run_names_its_gpu(monkeypatch):
+    assert teachers.duration(12.4) == "12 s" and teachers.duration(89) == "89 s"
+    assert teachers.duration(90) == "2 min" and teachers.duration(13380) == "223 min"
+    assert common.machine_line("cpu") == common.machine_line() and "cores" in common.machine_line()
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert common.machine_line("cuda") == f"NVIDIA H200 (host: {common.machine_line()})"
+    assert common.machine_line("cuda:0").startswith("NVIDIA H200 (host: ")
