@@ -35,9 +35,9 @@ def maps(*channels_rows):
     return torch.tensor([channels_rows], dtype=torch.float32)
 
 
-def hand_attention(channels):
-    """Normalised mean-over-channels of squares, for a map given as [channel][position] lists."""
-    q = [sum(c[i] ** 2 for c in channels) / len(channels) for i in range(len(channels[0]))]
+def hand_attention(channels, p=2):
+    """Normalised mean-over-channels of |a|^p, for a map given as [channel][position] lists."""
+    q = [sum(abs(c[i]) ** p for c in channels) / len(channels) for i in range(len(channels[0]))]
     norm = math.sqrt(sum(v * v for v in q))
     return [v / norm for v in q]
 
@@ -56,6 +56,17 @@ def test_at_sums_every_paired_stage_and_pools_the_larger_map():
     student = [stem, maps(*[[row] for row in s1]), maps(*[[row] for row in s2])]
     teacher = [stem, stem, maps(*[[row] for row in t2]), maps(*[[row] for row in t3])]
     assert at(out(student), out(teacher), {}).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_at_with_p_3_raises_both_maps_to_the_cube_of_their_absolute_values():
+    # One stage after the stem; entries of both signs. Either map at p = 2 instead of 3 changes the value.
+    s, t = [[1.0, -2.0, 0.5], [-1.0, 0.0, 3.0]], [[2.0, 1.0, -1.0]]
+    qs, qt = hand_attention(s, 3), hand_attention(t, 3)
+    expected = sum((x - y) ** 2 for x, y in zip(qs, qt)) / 3
+    at = build_distiller("at", shape_spec([(1, 1, 3), (2, 1, 3)], [(1, 1, 3), (1, 1, 3)]), p=3)
+    stem = torch.zeros(1, 1, 1, 3)
+    loss = at(out([stem, maps(*[[row] for row in s])]), out([stem, maps(*[[row] for row in t])]), {})
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_fitnet_is_the_mean_squared_error_of_the_regressed_hint():

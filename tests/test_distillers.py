@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 from crossmodal.errors import ConfigError
 from crossmodal.losses import DistillSpec, build_distiller, get_distiller, list_distillers, output_shapes
 from crossmodal.losses.ab import boundary_loss
+from crossmodal.losses.at import attention_map
 from crossmodal.losses.cc import consecutive_correlation_loss, rbf_correlation
 from crossmodal.losses.fitnet import hint_regressor
 from crossmodal.losses.fsp import fsp_matrix
 from crossmodal.losses.ft import normalized_factor
+from crossmodal.losses.kd import KnowledgeDistillation
 from crossmodal.losses.nst import polynomial_mmd
 from crossmodal.losses.stages import last_stages
 
@@ -202,6 +205,44 @@ def test_kd_combines_two_teachers_by_averaging_their_probabilities():
     assert loss.item() < mean_of_losses  # convexity: one averaged target, not two competing ones
 
 
+def test_kd_temperature_must_be_positive_and_any_positive_one_is_used():
+    for bad in (0, -1.5):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("kd", None, temperature=bad)
+        assert str(error.value) == f"loss 'kd': temperature must be > 0, got {bad}"
+    s, t = [[1.0, 2.0, 0.5]], [[3.0, 0.0, 1.0]]
+    for temperature in (0.5, 1.0):  # just above the bound, and below the default 4 as the references never go
+        kd = build_distiller("kd", None, temperature=temperature)
+        loss = kd(out(logits=torch.tensor(s)), out(logits=torch.tensor(t)), {})
+        expected = temperature**2 * kl(softmax(t[0], temperature), softmax(s[0], temperature))
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_needs_the_teachers_classes_and_says_so_whole():
+    student, teacher = TinyNet((4, 8)), TinyNet((4, 8), num_classes=7)
+    spec = make_spec(student, teacher)
+    with pytest.raises(ConfigError) as error:
+        build_distiller("kd", spec)
+    assert str(error.value) == ("loss 'kd': the teacher predicts 7 classes, the student 5; "
+                                "KD needs the same classes (use crd, which compares embeddings)")
+    with pytest.raises(ConfigError):
+        KnowledgeDistillation.check_spec(spec)  # the check distill runs on every teacher of an ensemble
+    same = make_spec(student, TinyNet((8, 16, 32)))
+    assert KnowledgeDistillation.check_spec(same) is None
+    assert build_distiller("kd", same).temperature == 4.0
+
+
+def test_kd_names_the_softmax_dimension_and_warns_nothing():
+    # A softmax without dim= is the same on (B, n) logits but warns "Implicit dimension choice" at every step.
+    s, t = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]), torch.tensor([[3.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    kd = build_distiller("kd", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = kd(out(logits=s), out(logits=t), {})
+        two = kd(out(logits=s), [out(logits=t), out(logits=s)], {})
+    assert torch.isfinite(one) and torch.isfinite(two)
+
+
 # ---------------------------------------------------------------- at, sp, nst (feature maps)
 
 def test_at_matches_explicit_sums_and_pools_the_larger_map():
@@ -221,6 +262,44 @@ def test_at_matches_explicit_sums_and_pools_the_larger_map():
     big = torch.rand(1, 3, 4, 4)
     assert at(out([stem, big]), out([stem, t.repeat(1, 1, 2, 1)]), {}).item() == pytest.approx(
         at(out([stem, F.avg_pool2d(big, 2)]), out([stem, t.repeat(1, 1, 2, 1)]), {}).item(), rel=1e-6)
+
+
+def test_attention_map_by_hand_for_p_1_2_3_and_normalised_per_sample():
+    # (B=2, C=2, H=1, W=2) with negative entries, so |f|^p and f^p differ for odd p.
+    samples = [[[1.0, -2.0], [-3.0, 0.0]], [[0.5, 1.0], [2.0, -1.0]]]  # [sample][channel][position]
+    feature = torch.tensor(samples).unsqueeze(2)
+
+    def by_hand(p):
+        rows = []
+        for channels in samples:
+            q = [sum(abs(c[i]) ** p for c in channels) / len(channels) for i in range(2)]
+            norm = math.sqrt(sum(v * v for v in q))
+            rows.append([v / norm for v in q])
+        return rows
+
+    for p in (1.0, 2.0, 3.0):
+        assert attention_map(feature, p).tolist() == [pytest.approx(row, rel=1e-6) for row in by_hand(p)], p
+    assert attention_map(feature).tolist() == [pytest.approx(row, rel=1e-6) for row in by_hand(2)]  # p = 2 default
+
+
+def test_at_p_must_be_positive_and_stage_errors_name_at():
+    shapes = output_shapes(TinyNet((2, 2)), 3, 4)  # stem + one stage
+    spec = DistillSpec(shapes, shapes, 1, 2)
+    for bad in (0, -2.0):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("at", spec, p=bad)
+        assert str(error.value) == f"loss 'at': p must be > 0, got {bad}"
+    assert [build_distiller("at", spec, p=p).p for p in (0.5, 1)] == [0.5, 1.0]  # just above 0, and 1
+    stem_only = output_shapes(TinyNet((2,)), 3, 4)
+    with pytest.raises(ConfigError) as error:
+        build_distiller("at", DistillSpec(stem_only, shapes, 1, 2))
+    assert str(error.value) == ("loss 'at' needs at least one stage after the stem in both models "
+                                "(student has 1 feature maps, teacher 2)")
+    at, stem = build_distiller("at", spec), torch.zeros(1, 2, 4, 4)
+    with pytest.raises(ConfigError) as error:  # outputs with fewer maps than the spec promised
+        at(out([stem]), out([stem, stem]), {})
+    assert str(error.value) == ("loss 'at' needs at least one stage after the stem in both models "
+                                "(student has 1 feature maps, teacher 2)")
 
 
 def test_sp_matches_hand_value_and_is_zero_for_identical_features(pair):
