@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -146,10 +147,52 @@ def test_the_imagenette_job_carries_a_file_prepared_here_that_fits_the_limit(tmp
     path.write_bytes(b"not hdf5")
     assert queue.plan(job, tree, shared=shared)["problems"][0].startswith(
         "data/gpu/imagenette96_q75_444.h5: not a prepared file (")
-    # the other jobs still carry their archives
+    # the teachers' jobs still carry their archives
     others = {j.name: j for j in queue.build_jobs()}
-    assert list(queue.carried_files(others["gpu_decode"], shared=shared)) == [".gpu_data/imagenette2-224-sub.tgz"]
-    assert "prepare" not in queue.plan(others["gpu_decode"], tree, shared=shared)
+    assert list(queue.carried_files(others["teacher_cifar10_resnet20"], shared=shared)) == [
+        ".gpu_data/cifar10.tar.gz"]
+    assert "prepare" not in queue.plan(others["teacher_cifar10_resnet20"], tree, shared=shared)
+
+
+def test_the_decode_job_carries_the_train_split_prepared_here_with_its_own_jpeg_bytes(tmp_path, monkeypatch):
+    """The 224-px archive (52 MiB) does not fit beside the working tree, so the decode job carries its train split
+    prepared here with the source's JPEG bytes (not re-encoded): --next prints that command, and refuses a file that
+    was re-encoded or holds other splits. At the measured size of that file (44,553,600 bytes) the input fits."""
+    monkeypatch.setattr(queue, "REPO", tmp_path)
+    shared = tmp_path / "shared"
+    job = next(j for j in queue.build_jobs() if j.name == "gpu_decode")
+    tree = queue.working_tree_bytes(Path(__file__).resolve().parents[1])
+    path = tmp_path / "data" / "gpu" / "imagenette224_train_orig.h5"
+    command = (f"mkdir -p {tmp_path}/data/gpu && crossmodal prepare imagefolder {shared}/imagenette2-224-sub.tgz "
+               f"--out {path} --modalities rgb,L,ab --encoding jpeg --only-splits train")
+    plan = queue.plan(job, tree, shared=shared)
+    assert plan["carry"] == ["data/gpu/imagenette224_train_orig.h5"]
+    assert plan["problems"] == [f"data/gpu/imagenette224_train_orig.h5: missing; prepare it here first: {command}"]
+    assert plan["prepare"].endswith("the 224-px Imagenette subset's train split with its JPEGs kept as the source's "
+                                    "bytes")
+
+    def prepared(size, counts, **arguments):
+        _host_file(path, 2 * MiB, **{"modalities": ["rgb", "L", "ab"], "reencode": False, "jpeg_quality": None,
+                                     "jpeg_subsampling": None, **arguments})
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            f.attrs["provenance"] = json.dumps({**json.loads(f.attrs["provenance"]), "counts": counts})
+        with open(path, "r+b") as f:
+            f.truncate(size)
+        return queue.plan(job, tree, shared=shared)
+
+    plan = prepared(44_553_600, {"train": 4000})
+    assert plan["problems"] == [] and plan["input_mib"] == round((tree + 44_553_600) / MiB, 1)
+    assert plan["input_mib"] * MiB <= queue.INPUT_LIMIT
+    assert prepared(2 * MiB, {"train": 4000, "test": 1500})["problems"] == [
+        f"data/gpu/imagenette224_train_orig.h5: holds the splits test, train, the job needs only train; prepare it "
+        f"again: {command} --force"]
+    assert prepared(2 * MiB, {})["problems"][0].startswith(
+        "data/gpu/imagenette224_train_orig.h5: holds the splits none, the job needs only train;")
+    assert prepared(2 * MiB, {"train": 4000}, reencode=True)["problems"] == [
+        f"data/gpu/imagenette224_train_orig.h5: prepared with reencode True, the job needs False; prepare it again: "
+        f"{command} --force"]
 
 
 def test_the_printed_prepare_command_makes_a_file_the_plan_accepts(tmp_path, monkeypatch):
@@ -340,16 +383,22 @@ def test_the_decode_job_prepares_encoded_jpegs_and_times_the_device_decode_path(
     """The GPU decode job on the CPU (the same path, decode_jpeg on the CPU): it prepares the carried 224-px
     archive as JPEG rows and returns one report with the CPU loader's rows and the device-decode row."""
     job = next(j for j in queue.build_jobs() if j.name == "gpu_decode")
-    archive = queue.SHARED_DATA / queue.DATASETS[job.dataset][0]
+    host = queue.HOST_DATA[job.dataset]
+    archive = queue.SHARED_DATA / host.archive
     if not archive.exists():
         pytest.skip(f"{archive} is absent (../shared/data not beside the repository)")
-    carry = queue.carried_files(job)
-    assert list(carry) == [f"{queue.DATA_LINK}/imagenette2-224-sub.tgz"]
-    record = queue.run_job(job, tmp_path / "out", state=tmp_path / "state", device="cpu")
+    # the host's prepare command as --next prints it, into tmp_path, run with this interpreter
+    prepare = shlex.split(queue.host_prepare_command(host).split(" && ", 1)[1])
+    data = tmp_path / Path(host.path).name
+    prepare[prepare.index("--out") + 1] = str(data)
+    subprocess.run([sys.executable, "-m", "cli", *prepare[1:]], cwd=queue.REPO, check=True, capture_output=True)
+    record = queue.run_job(job, tmp_path / "out", state=tmp_path / "state", prepared=data, device="cpu")
     assert record["status"] == "done"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_gpu_decode.json", "gpu_gpu_decode.md"]
     report = (tmp_path / "out" / "gpu_gpu_decode.md").read_text()
     assert "data.decode cuda on cpu" in report and "RandomResizedCrop 224 + flip | train | 2 |" in report
+    assert "train 4,000 images" in report and "| test |" not in report  # the train split only, as carried
+    assert "(`--encoding jpeg, --only-splits train`), its JPEGs kept as the source's bytes to fit" in report
 
 
 def test_next_prints_the_device_command_and_what_it_carries(capsys):

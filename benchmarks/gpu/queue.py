@@ -12,7 +12,9 @@ working tree, which travels whole, plus the data archive from ../shared/data, or
 (`HOST_DATA`), and the files it carries from .gpu_state/), and returns at most 8 files of at most 16 MiB
 (results; a teacher's weights; a partial run's state when it fits). The order is the issue's:
   a. `speed`: the speed targets (benchmarks.gpu.speed); `gpu_decode`: data.decode cuda on encoded 224-px JPEGs
-     against the 2-worker CPU loader (benchmarks/loader_throughput.py --encoded --decode-device cuda);
+     against the 2-worker CPU loader (benchmarks/loader_throughput.py --encoded --decode-device cuda), on the
+     224-px Imagenette subset's train split prepared here with ImageNet's own JPEG bytes (`HOST_DATA`: the whole
+     archive, 52 MiB, does not fit beside the working tree);
   b. the benchmarks' teachers (configs/teachers/), unless teachers/ already holds them: each is
      `python -m benchmarks.teachers --only NAME --device cuda`, the CPU's own command, and comes back as
      teachers/NAME.pt with its teachers.json record (or, stopped at the budget, as a benchmarks.partial
@@ -66,32 +68,48 @@ DATASETS = {
     "cifar10": ("cifar10.tar.gz", ["--modalities", "rgb,L,ab"]),
     "tinyimagenet100": ("tinyimagenet100-32.tar.gz", ["--modalities", "rgb"]),
     "imagenette": ("imagenette2-96.tgz", ["--modalities", "rgb,L,ab"]),
-    "imagenette224": ("imagenette2-224-sub.tgz", ["--encoding", "jpeg"]),  # ImageNet's own JPEG bytes
 }
 
 
 @dataclass(frozen=True)
 class HostData:
     """A job's data file prepared here, where the CPUs are, and carried to the device as it is (the device prepares
-    nothing): `crossmodal prepare imagefolder ARCHIVE --encoding jpeg --reencode --quality Q --subsampling S`."""
+    nothing): `crossmodal prepare imagefolder ARCHIVE --encoding jpeg [--only-splits S]`, with `--reencode
+    --quality Q --subsampling C` when `quality` is set (else the source's JPEG bytes are kept)."""
 
     what: str  # what the job's report calls the data
     archive: str  # the source in ../shared/data
     stem: str
     modalities: str
-    quality: int  # every JPEG is re-encoded at this quality (OpenCV)
-    subsampling: str  # and with this chroma sampling: "444" (full colour resolution) or "420" (halved)
+    quality: int | None = None  # every JPEG is re-encoded at this quality (OpenCV); None keeps the source's bytes
+    subsampling: str | None = None  # with quality: "444" (full colour resolution) or "420" (halved)
+    only_splits: str | None = None  # "train": only these splits of the archive (None: all of them)
 
     @property
     def path(self) -> str:
         """Repository-relative and ignored (data/ is): the carry path, the same here and on the device."""
-        return f"data/gpu/{self.stem}_q{self.quality}_{self.subsampling}.h5"
+        how = f"q{self.quality}_{self.subsampling}" if self.quality is not None else "orig"
+        return f"data/gpu/{self.stem}_{how}.h5"
 
     @property
     def arguments(self) -> dict:
         """What the file's provenance must record (its `arguments`) for the job to use it."""
-        return {"modalities": self.modalities.split(","), "encoding": "jpeg", "reencode": True,
-                "jpeg_quality": self.quality, "jpeg_subsampling": self.subsampling}
+        want = {"modalities": self.modalities.split(","), "encoding": "jpeg", "reencode": self.quality is not None}
+        if self.quality is not None:
+            want.update(jpeg_quality=self.quality, jpeg_subsampling=self.subsampling)
+        return want
+
+    @property
+    def splits(self) -> list[str] | None:
+        """The splits the file must hold exactly (None: whatever the archive has)."""
+        return None if self.only_splits is None else self.only_splits.split(",")
+
+    @property
+    def how(self) -> str:
+        """How the file's JPEGs were made, for --next and the job's report."""
+        if self.quality is None:
+            return "with its JPEGs kept as the source's bytes"
+        return f"re-encoded at JPEG quality {self.quality}, {sampling_name(self.subsampling)}"
 
 
 def sampling_name(subsampling: str) -> str:
@@ -115,6 +133,10 @@ IMAGENETTE96_SUBSAMPLING = "444"
 HOST_DATA = {
     "imagenette96_reencoded": HostData("Imagenette-96", "imagenette2-96.tgz", "imagenette96", "rgb,L,ab",
                                        IMAGENETTE96_QUALITY, IMAGENETTE96_SUBSAMPLING),
+    # The decode job times the training loader (train split) only; its 4,000 JPEGs are 40.2 MiB as ImageNet's own
+    # bytes, which fits beside the working tree where the whole archive (train + val, 52 MiB) does not.
+    "imagenette224_train": HostData("the 224-px Imagenette subset's train split", "imagenette2-224-sub.tgz",
+                                    "imagenette224_train", "rgb,L,ab", only_splits="train"),  # L, ab: derived
 }
 GPU_ENGINE = ["--set", "engine.device=cuda", "--set", "engine.precision=bf16", "--set", "engine.channels_last=true",
               "--set", "engine.progress=false", "--set", "data.workers=8"]
@@ -146,7 +168,7 @@ def build_jobs() -> list[Job]:
     """The queue, in order (see the module docstring)."""
     jobs = [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch"),
             Job("gpu_decode", "a", "decode", "data.decode cuda on encoded 224-px JPEGs against the 2-worker CPU loader",
-                dataset="imagenette224")]
+                dataset="imagenette224_train")]
     from benchmarks.teachers import TEACHERS
 
     for name, spec in TEACHERS.items():
@@ -257,8 +279,11 @@ def host_prepare_command(host: HostData, shared: Path | None = None) -> str:
     """The command that makes a job's host-prepared file here (run before the job is sent)."""
     out = REPO / host.path
     prepare = ["crossmodal", "prepare", "imagefolder", str((shared or SHARED_DATA) / host.archive), "--out", str(out),
-               "--modalities", host.modalities, "--encoding", "jpeg", "--reencode", "--quality", str(host.quality),
-               "--subsampling", host.subsampling]
+               "--modalities", host.modalities, "--encoding", "jpeg"]
+    if host.only_splits is not None:
+        prepare += ["--only-splits", host.only_splits]
+    if host.quality is not None:
+        prepare += ["--reencode", "--quality", str(host.quality), "--subsampling", host.subsampling]
     return f"mkdir -p {shlex.quote(str(out.parent))} && {shlex.join(prepare)}"
 
 
@@ -268,13 +293,18 @@ def host_data_problem(host: HostData, shared: Path | None = None) -> str | None:
     if not path.exists():
         return f"{host.path}: missing; prepare it here first: {command}"
     try:
-        arguments = _provenance(path)["arguments"]
+        provenance = _provenance(path)
+        arguments = provenance["arguments"]
     except (OSError, KeyError, ValueError) as e:
         return f"{host.path}: not a prepared file ({e}); prepare it again: {command} --force"
     for key, want in host.arguments.items():
         if arguments.get(key) != want:
             return (f"{host.path}: prepared with {key} {arguments.get(key)!r}, the job needs {want!r}; prepare it "
                     f"again: {command} --force")
+    splits = sorted(provenance.get("counts", {}))  # split -> rows stored
+    if host.splits is not None and splits != sorted(host.splits):
+        return (f"{host.path}: holds the splits {', '.join(splits) or 'none'}, the job needs only {', '.join(host.splits)}; "
+                f"prepare it again: {command} --force")
     return None
 
 
@@ -304,8 +334,7 @@ def plan(job: Job, tree_bytes: int, state: Path | None = None, shared: Path | No
            "setup": f"ln -sfn {shared} {REPO / DATA_LINK}  # once: the link the carried data paths go through"}
     if host is not None:
         out["prepare"] = (f"{host_prepare_command(host, shared)}  # here, before sending: the job carries "
-                          f"{host.path}, {host.what} re-encoded at JPEG quality {host.quality}, "
-                          f"{sampling_name(host.subsampling)}")
+                          f"{host.path}, {host.what} {host.how}")
     return out
 
 
@@ -408,6 +437,8 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
         return _finish(job, out, record, started)
     if job.kind == "decode":
         data = prepare_data(job, state, prepared)
+        if job.dataset in HOST_DATA:
+            record["data"] = host_data_note(HOST_DATA[job.dataset], data)
         raw = out / "loader_throughput_encoded_gpu.md"
         run([sys.executable, "benchmarks/loader_throughput.py", "--encoded", "--h5", str(data), "--decode-device",
              device, "--out", str(raw), *(["--batches", "3"] if device == "cpu" else [])])
@@ -465,9 +496,10 @@ def host_data_note(host: HostData, data: Path) -> str:
     sampling = sampling_name(arguments.get("jpeg_subsampling", "420"))  # files from before the option: OpenCV's 4:2:0
     how = (f"re-encoded at JPEG quality {arguments.get('jpeg_quality')} (OpenCV, {sampling} chroma)"
            if arguments.get("reencode") else "kept as the source's bytes")
-    return (f"{host.what} prepared on the host from {host.archive} (`--encoding jpeg`), its JPEGs {how} to fit the "
-            f"device tool's {INPUT_LIMIT // MiB} MiB input limit ({data.stat().st_size / MiB:.1f} MiB carried); "
-            f"the CPU benchmark reads the original bytes")
+    splits = f", --only-splits {host.only_splits}" if host.only_splits else ""
+    return (f"{host.what} prepared on the host from {host.archive} (`--encoding jpeg{splits}`), its JPEGs {how} to "
+            f"fit the device tool's {INPUT_LIMIT // MiB} MiB input limit ({data.stat().st_size / MiB:.1f} MiB "
+            f"carried); the CPU benchmark reads the original bytes")
 
 
 def _run_benchmark_teacher(job: Job, out: Path, record: dict, started: float, device: str, budget_s: float,
@@ -523,7 +555,9 @@ def _finish(job: Job, out: Path, record: dict, started: float) -> dict:
 
 def _markdown(job: Job, record: dict) -> str:
     if "markdown" in record:  # a benchmark that writes its own report
-        return record["markdown"] + f"\nQueue job `{job.name}` ({record['status']}), {record['job_seconds']:.0f} s.\n"
+        data = f"\nData carried: {record['data']}.\n" if "data" in record else ""
+        return (record["markdown"] + data
+                + f"\nQueue job `{job.name}` ({record['status']}), {record['job_seconds']:.0f} s.\n")
     lines = [f"# GPU queue: {job.title}", "", f"Job `{job.name}` ({record['status']}), {record['date']}, "
              f"{record['job_seconds']:.0f} s. Device: {record['device']}.", "",
              f"Command (device): `{device_command(job)}`", ""]
