@@ -125,3 +125,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data absent: real-data test needs {SHARED_DATA} (see README, 'Real data')")
     return SHARED_DATA
+
+
+def _leftovers() -> list[str]:
+    """Threads (not daemons) and child processes still alive: what would keep the test process from exiting."""
+    import multiprocessing
+    import threading
+
+    found = [f"thread {t.name!r} ({type(t).__name__}, not a daemon)" for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    found += [f"child process {p.pid} {p.name!r} (daemon={p.daemon})" for p in multiprocessing.active_children()]
+    try:  # children that are not multiprocessing's (subprocess.Popen left running)
+        me = str(os.getpid())
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if stat[1] == me and not any(entry.name == str(p.pid) for p in multiprocessing.active_children()):
+                    cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+                    if "multiprocessing.resource_tracker" not in cmd and "multiprocessing.forkserver" not in cmd:
+                        found.append(f"child process {entry.name}: {cmd}")  # those two end with the parent
+    except OSError:
+        pass
+    return found
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name what the session leaves running (a CI run once printed its result and then did not exit): a test
+    that starts a thread or a process must also end it."""
+    leftovers = _leftovers()
+    if leftovers:
+        terminalreporter.write_line("still running after the tests (the process may not exit): "
+                                    + "; ".join(leftovers), yellow=True)
