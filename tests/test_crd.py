@@ -19,7 +19,7 @@ from crossmodal.losses.contrast_memory import (
     shared_negative_mask,
     uniform_draws,
 )
-from crossmodal.losses.crd import CRDLoss
+from crossmodal.losses.crd import CRDLoss, _decimal_size
 
 torch.set_num_threads(1)
 
@@ -576,6 +576,85 @@ def test_registered_as_crd_and_bad_settings_are_one_line_config_errors():
     assert relax.classes is None
 
 
+def test_settings_are_checked_at_both_ends_with_whole_messages():
+    def refusal(spec=None, **params) -> str:
+        with pytest.raises(ConfigError) as error:
+            CRDLoss(spec or make_spec(make_labels()), **{"feat_dim": FEAT, "nce_k": K, **params})
+        return str(error.value)
+
+    assert refusal(z_estimate="stale") == "crd: z_estimate='stale' is not one of 'ema', 'frozen'"
+    assert refusal(negatives="all") == "crd: negatives='all' is not one of 'per_sample', 'shared'"
+    one_row = refusal(make_spec(num_rows=1), mode="relax")
+    assert one_row == "crd: the training split has 1 sample(s); CRD needs at least 2"
+    assert CRDLoss(make_spec(num_rows=2), feat_dim=FEAT, nce_k=1, mode="relax").num_rows == 2
+    assert refusal(nce_k=0) == f"crd: nce_k=0 and feat_dim={FEAT} must be positive integers"
+    assert refusal(feat_dim=0) == f"crd: nce_k={K} and feat_dim=0 must be positive integers"
+    smallest = CRDLoss(make_spec(make_labels()), feat_dim=1, nce_k=1)
+    assert (smallest.feat_dim, smallest.nce_k) == (1, 1)
+    for nce_m, z_momentum in ((1, 0.99), (-0.1, 0.99), (0.5, 1), (0.5, -0.1)):
+        assert refusal(nce_m=nce_m, z_momentum=z_momentum) == (
+            f"crd: nce_m={nce_m} and z_momentum={z_momentum} must be in [0, 1)")
+    ends = make_crd(nce_m=0, z_momentum=0)  # both ends included: a memory that takes the new embedding, a batch Z
+    assert (ends.nce_m, ends.z_student_anchor.z_momentum) == (0.0, 0)
+
+
+def test_per_sample_negatives_given_are_scored_as_given_even_the_anchors_own_row():
+    # The shared-negative mask is for one set shared by the batch; a (B, K) override is every anchor's own set.
+    crd = make_crd()
+    s_emb, t_emb, index = make_batch()
+    negatives = sample_negatives(index, K, N, crd.classes)
+    negatives[:, 0] = index  # each anchor's own row among its negatives
+    plain_loss, _, _, _ = plain_crd_step(crd, s_emb, t_emb, index, negatives)
+    assert run_crd(crd, s_emb, t_emb, index, negatives).item() == pytest.approx(plain_loss.item(), rel=1e-5)
+
+
+def test_exact_mode_refusals_say_why_whole_and_stop_exactly_at_one_class():
+    with pytest.raises(ConfigError) as error:
+        CRDLoss(make_spec(labels=None), nce_k=K)
+    assert str(error.value) == ("crd: mode='exact' needs the training labels (spec.train_labels); "
+                                "use mode='relax' for unlabeled data")
+    one_class = torch.zeros(N, dtype=torch.long)
+    with pytest.raises(ConfigError) as error:
+        CRDLoss(make_spec(one_class), nce_k=K)
+    assert str(error.value) == ("crd: every training sample has the same class, so mode='exact' has no "
+                                "negatives; use mode='relax'")
+    for other in (1, -1):  # one row of another class, or one unlabeled row: that row is every anchor's negative
+        labels = one_class.clone()
+        labels[7] = other
+        assert CRDLoss(make_spec(labels), nce_k=K).classes.class_count[0].item() == N - 1
+
+
+def test_exact_mode_keeps_a_count_for_every_configured_class_even_absent_ones():
+    # Classes 5 and 6 of the spec's 7 have no training row: their counts are 0, so the buffers' shapes (and a
+    # checkpoint's) follow the configuration, not which classes the split happens to hold.
+    crd = CRDLoss(make_spec(torch.arange(N) % 5), nce_k=K)
+    assert crd.classes.class_count.tolist() == [60, 60, 60, 60, 60, 0, 0]
+    assert crd.classes.class_start.tolist() == [0, 60, 120, 180, 240, 300, 300]
+
+
+def test_nce_k_must_be_below_the_training_split_and_the_message_suggests_half_of_it():
+    crd = make_crd()  # nce_k = 50
+    assert crd.check_training_split(51) is None
+    for num_samples, suggested in ((50, 25), (1, 1)):
+        with pytest.raises(ConfigError) as error:
+            crd.check_training_split(num_samples)
+        assert str(error.value) == (
+            f"loss_params.crd.nce_k=50 is not below the {num_samples} samples of the training split; set it below "
+            f"{num_samples} (e.g. --set loss_params.crd.nce_k={suggested})")
+
+
+def test_shared_mode_draws_one_set_of_k_rows_for_the_whole_batch():
+    s_emb, t_emb, index = make_batch()
+    crd = make_crd(negatives="shared")
+    torch.manual_seed(5)
+    drawn = crd.draw_negatives(index)
+    torch.manual_seed(5)
+    assert drawn.shape == (K,) and torch.equal(drawn, sample_shared_negatives(K, N, "cpu"))
+    torch.manual_seed(5)
+    loss = run_crd(crd, s_emb, t_emb, index)  # draws the same set itself
+    assert loss.item() == run_crd(make_crd(negatives="shared"), s_emb, t_emb, index, drawn).item()
+
+
 # ------------------------------------------------------------ half-precision memory rows (memory_dtype)
 # Unit roundoff u of the stored type: round-to-nearest changes a number x by at most u |x|, so a stored vector
 # by at most u times its L2 norm.
@@ -719,6 +798,10 @@ def test_memory_size_note_at_imagenet_scale():
     assert notes == ["crd: memories 2 x 1,281,167 rows x 128 float32 = 1.31 GB; "
                      "loss_params.crd.memory_dtype: float16 halves it",
                      "crd: memories 2 x 1,281,167 rows x 128 float16 = 656 MB"]
+
+
+def test_memory_sizes_switch_unit_exactly_at_a_megabyte_and_a_gigabyte():
+    assert [_decimal_size(n) for n in (10**9, 10**6, 100_000, 999)] == ["1 GB", "1 MB", "100 kB", "0.999 kB"]
 
 
 # --------------------------------------------------------------------------------------------------- DDP
