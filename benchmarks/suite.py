@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import REPO, machine_line
+from benchmarks.common import REPO, launch_argv, machine_line
 from crossmodal.tempfiles import atomic_write_text
 
 # (experiment, arguments), in an order that respects what they share: each experiment asks for its teachers
@@ -38,15 +38,15 @@ EXPERIMENTS = [
 
 
 def cli_problem() -> str:
-    """Why the `crossmodal` command every step runs cannot start here ('' when it can): a stale or missing
-    install would otherwise fail every step of every experiment, one after the other."""
-    try:
-        done = subprocess.run(["crossmodal", "--version"], cwd=REPO, capture_output=True, text=True)
-    except FileNotFoundError:
-        return "the `crossmodal` command is not on PATH: install the package first (pip install -e .)"
+    """Why this checkout's CLI, which every step runs (`python -m cli` with this interpreter), cannot start here
+    ('' when it can): a missing dependency would otherwise fail every step of every experiment, one after the
+    other."""
+    cmd = launch_argv(["crossmodal", "--version"])
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"`crossmodal --version` exited {done.returncode} ({last}): reinstall the package (pip install -e .)"
+        return (f"`{shlex.join(cmd)}` exited {done.returncode} ({last}): install the package and its dependencies "
+                f"(pip install -e .)")
     return ""
 
 

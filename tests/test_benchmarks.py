@@ -287,19 +287,18 @@ def test_suite_rejects_an_unknown_experiment(capsys):
     assert "compresion" in capsys.readouterr().err
 
 
-def test_suite_stops_at_once_when_the_cli_cannot_start(tmp_path, monkeypatch, capsys):
-    """A stale install (the package imported from a deleted checkout) fails `crossmodal` itself: the suite says so
-    in one line and runs no experiment, instead of failing every step of all of them."""
-    broken = tmp_path / "crossmodal"
-    broken.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'cli'\" >&2\nexit 1\n")
-    broken.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+def test_suite_stops_at_once_when_the_cli_cannot_start(monkeypatch, capsys):
+    """A checkout whose CLI cannot start (a dependency missing) would fail every step of every experiment: the suite
+    says so in one line, naming the command it tried, and runs no experiment. This checkout's CLI starts."""
+    assert suite.cli_problem() == ""
+    broken = [sys.executable, "-c", "import sys; sys.exit(\"ModuleNotFoundError: No module named 'click'\")"]
+    monkeypatch.setattr(suite, "launch_argv", lambda cmd: broken)
     ran, real_run = [], subprocess.run
     monkeypatch.setattr(suite.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or real_run(cmd, **kw))
     assert suite.main(["--only", "compression"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "No module named 'cli'" in err and "pip install -e ." in err
-    assert ran == [["crossmodal", "--version"]]
+    assert err.count("\n") == 1 and "No module named 'click'" in err and "pip install -e ." in err
+    assert ran == [broken]
 
 
 def test_gpu_check_without_cuda_says_how_to_run_it_on_a_cpu(capsys):
