@@ -12,6 +12,7 @@ from crossmodal.losses.base import DISTILLERS, DistillSpec, OutputShapes, build_
 from crossmodal.losses.contrast_memory import (
     ClassIndex,
     ContrastMemory,
+    negatives_from_keys,
     negatives_from_uniform,
     nce_loss,
     sample_negatives,
@@ -473,6 +474,58 @@ def test_shared_negatives_are_uniform_over_every_row():
     assert negatives.shape == (20000,) and negatives.dtype == torch.long
     counts = torch.bincount(negatives, minlength=10)
     assert counts.numel() == 10 and (counts - 2000).abs().max() < 6 * math.sqrt(2000)  # rows 0..9, each ~1/10
+
+
+def test_class_index_by_hand_counts_starts_row_order_and_widest_span():
+    # Unlabeled rows sort first, then each class in row order; max_span is N minus the smallest non-empty
+    # block an anchor skips (a class's rows, or one row for an unlabeled anchor).
+    cases = [  # labels, num_classes, class_count, class_start, max_span
+        ([0, 0, 0, 1, 1, 2, -1], 4, [3, 2, 1, 0], [1, 4, 6, 7], 6),  # the unlabeled anchor skips only itself
+        ([0, 0, 0, 1, 1, 2], 0, [3, 2, 1], [0, 3, 5], 5),  # the one-row class is skipped by the widest span
+        ([0, 0, 0, 1, 1, 1, -1], 0, [3, 3], [1, 4], 6),
+        ([0, 0, 1, 1], 2, [2, 2], [0, 2], 2),  # no unlabeled row: no span of N - 1
+        ([-1, -1, -1], None, [], [], 2),  # num_classes left out: no class at all
+        ([], None, [], [], -1),  # no rows: N - 1 as relax would use
+    ]
+    for labels, num_classes, count, start, max_span in cases:
+        labels = torch.tensor(labels, dtype=torch.long)
+        classes = ClassIndex(labels) if num_classes is None else ClassIndex(labels, num_classes)
+        got = (classes.class_count.tolist(), classes.class_start.tolist(), classes.max_span)
+        assert got == (count, start, max_span), labels
+    labels = make_labels()  # 300 rows: a sort that is not stable reorders rows inside a class
+    classes = ClassIndex(labels.to(torch.int32), 7)
+    assert classes.row_labels.dtype == torch.int64 and torch.equal(classes.row_labels, labels)
+    by_hand = sorted(range(N), key=lambda row: (labels[row].item(), row))
+    assert classes.rows_by_class.tolist() == by_hand
+
+
+def test_draws_are_float64_so_every_row_of_a_large_memory_is_reachable():
+    # 2^25 rows: float32 uniforms (multiples of 2^-24) would reach only even rows.
+    num_rows, g = 2 ** 25, torch.Generator().manual_seed(0)
+    shared = sample_shared_negatives(2000, num_rows, "cpu", generator=g)
+    iid = sample_negatives(torch.tensor([0, 1]), 1000, num_rows + 1, generator=g, replacement=True)
+    for rows in (shared, iid[0], iid[1]):  # relax adds 1 past the anchor: float32 would give one parity
+        assert (rows % 2 == 0).any() and (rows % 2 == 1).any() and rows.min() >= 0 and rows.max() <= num_rows
+    assert uniform_draws(3, 4, "cpu", generator=g).dtype == torch.float64
+
+
+def test_draws_follow_the_generator_given_and_consume_only_their_own_block():
+    def seeded():
+        return torch.Generator().manual_seed(3)
+
+    torch.manual_seed(0)
+    shared = sample_shared_negatives(40, 300, "cpu", generator=seeded())
+    torch.manual_seed(1)  # the global RNG has no part in it
+    assert torch.equal(sample_shared_negatives(40, 300, "cpu", generator=seeded()), shared)
+    assert shared.tolist() == (torch.rand(40, dtype=torch.float64, generator=seeded()) * 300).long().tolist()
+    # Two one-process calls read consecutive blocks of the stream: the second does not skip a rank's share.
+    g = seeded()
+    first, second = uniform_draws(2, 5, "cpu", generator=g), uniform_draws(2, 5, "cpu", generator=g)
+    assert torch.equal(torch.cat([first, second]), torch.rand(4, 5, dtype=torch.float64, generator=seeded()))
+    g, index = seeded(), torch.tensor([0, 5])
+    sample_negatives(index, 3, 10, generator=g)
+    keys = torch.rand(4, 9, generator=seeded())  # relax keys are N - 1 wide
+    assert torch.equal(sample_negatives(index, 3, 10, generator=g), negatives_from_keys(keys[2:], index, 10, 3))
 
 
 def test_uniform_edges_map_inside_the_allowed_rows():
