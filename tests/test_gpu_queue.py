@@ -434,15 +434,26 @@ def test_a_benchmark_teacher_job_reads_the_archive_it_carried(tmp_path, monkeypa
     assert child.stdout.strip() == str(tmp_path / "repo" / queue.DATA_LINK)
 
 
-def test_the_dry_run_runs_the_next_job_end_to_end_on_the_cpu(capsys):
+def test_the_dry_run_runs_the_next_job_end_to_end_on_the_cpu(capsys, monkeypatch):
     """`--dry-run --tiny`: the job the next GPU slot gets runs here at a tiny budget and finishes, so a slot is
-    not lost to a job that cannot start (~20 s: the speed job times five short step loops)."""
+    not lost to a job that cannot start (~20-30 s). A job on a host-prepared file that is not made yet (a fresh
+    checkout) runs on one the dry run prepares in its temporary folder with the printed command's arguments."""
     job = queue.next_job(queue.build_jobs())
     if job is None:
         pytest.skip("the queue is done: nothing left to dry-run")
+    host = queue.HOST_DATA.get(job.dataset)
+    if host is not None:
+        if not (queue.SHARED_DATA / host.archive).exists():
+            pytest.skip(f"{queue.SHARED_DATA / host.archive} is absent (../shared/data not beside the repository)")
+        monkeypatch.setattr(queue, "host_data_problem", lambda host, shared=None: "missing")  # as on a fresh checkout
     assert queue.main(["--dry-run", "--tiny"]) == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    last = json.loads(printed.strip().splitlines()[-1])
     assert last["job"] == job.name and last["status"] == "done"
+    if host is not None:
+        ran = [line for line in printed.splitlines() if line.startswith("+ ") and " prepare imagefolder " in line]
+        assert len(ran) == 1 and str(queue.SHARED_DATA / host.archive) in ran[0]
+        assert not shlex.split(ran[0])[shlex.split(ran[0]).index("--out") + 1].startswith(str(queue.REPO))
 
 
 def test_a_returned_benchmark_teacher_is_filed_into_teachers_and_a_partial_run_into_benchmarks_partial(

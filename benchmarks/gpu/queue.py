@@ -278,13 +278,18 @@ def device_command(job: Job) -> str:
 def host_prepare_command(host: HostData, shared: Path | None = None) -> str:
     """The command that makes a job's host-prepared file here (run before the job is sent)."""
     out = REPO / host.path
+    return f"mkdir -p {shlex.quote(str(out.parent))} && {shlex.join(host_prepare_argv(host, out, shared))}"
+
+
+def host_prepare_argv(host: HostData, out: Path, shared: Path | None = None) -> list[str]:
+    """The `crossmodal prepare` command that makes a job's host-prepared file at `out`."""
     prepare = ["crossmodal", "prepare", "imagefolder", str((shared or SHARED_DATA) / host.archive), "--out", str(out),
                "--modalities", host.modalities, "--encoding", "jpeg"]
     if host.only_splits is not None:
         prepare += ["--only-splits", host.only_splits]
     if host.quality is not None:
         prepare += ["--reencode", "--quality", str(host.quality), "--subsampling", host.subsampling]
-    return f"mkdir -p {shlex.quote(str(out.parent))} && {shlex.join(prepare)}"
+    return prepare
 
 
 def host_data_problem(host: HostData, shared: Path | None = None) -> str | None:
@@ -779,7 +784,12 @@ def main(argv=None) -> int:
         tiny = ["--set", "optim.epochs=1", "--set", "engine.max_steps_per_epoch=2", "--set", "optim.batch_size=16"] \
             if args.tiny else []
         with tempfile.TemporaryDirectory() as tmp:
-            record = run_job(job, Path(tmp) / "out", state=Path(tmp) / "state", device="cpu", overrides=tiny)
+            prepared, host = None, HOST_DATA.get(job.dataset)
+            if host is not None and host_data_problem(host):  # not prepared here yet: the dry run makes its own
+                prepared = Path(tmp) / Path(host.path).name
+                run([sys.executable, "-m", "cli", *host_prepare_argv(host, prepared)[1:]])
+            record = run_job(job, Path(tmp) / "out", state=Path(tmp) / "state", prepared=prepared, device="cpu",
+                             overrides=tiny)
             print(json.dumps({k: record[k] for k in ("job", "status", "job_seconds")}))
     return 0
 
