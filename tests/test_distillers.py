@@ -20,6 +20,7 @@ from crossmodal.losses.fsp import fsp_matrix
 from crossmodal.losses.ft import normalized_factor
 from crossmodal.losses.kd import KnowledgeDistillation
 from crossmodal.losses.nst import polynomial_mmd
+from crossmodal.losses.pkt import cosine_conditional_probabilities
 from crossmodal.losses.stages import last_stages
 
 torch.set_num_threads(1)
@@ -368,6 +369,38 @@ def test_pkt_matches_plain_python_and_is_zero_for_identical_embeddings(exclude_s
     s, t = out(embedding=torch.tensor(s_pts)), out(embedding=torch.tensor(t_pts))
     assert pkt(s, t, {}).item() == pytest.approx(expected, rel=1e-4)
     assert pkt(s, s, {}).item() == pytest.approx(0, abs=1e-7)
+
+
+def pkt_conditional_by_hand(points, eps, exclude_self):
+    """Rows p_{.|j}: cosine kernel of x / (|x| + eps), diagonal dropped if exclude_self, each row divided by its
+    sum (plus eps when the diagonal is dropped), in plain Python."""
+    unit = [[v / (math.hypot(*x) + eps) for v in x] for x in points]
+    k = [[(1 + sum(a * b for a, b in zip(u, w))) / 2 if i != j or not exclude_self else 0.0
+          for j, w in enumerate(unit)] for i, u in enumerate(unit)]
+    return [[v / (sum(row) + (eps if exclude_self else 0.0)) for v in row] for row in k]
+
+
+def test_pkt_conditional_rows_by_hand_with_a_large_eps_and_the_reference_defaults():
+    points = [(3.0, 0.0), (0.0, 1.0), (1.0, 2.0)]  # lengths differ, so eps = 0.5 scales each differently
+    x = torch.tensor(points)
+    for exclude_self in (False, True):
+        rows = cosine_conditional_probabilities(x, 0.5, exclude_self).tolist()
+        assert rows == [pytest.approx(r, rel=1e-6) for r in pkt_conditional_by_hand(points, 0.5, exclude_self)]
+    default = cosine_conditional_probabilities(x, 1e-7)  # the reference's: the sample stays in its own row
+    assert default.tolist() == [pytest.approx(r, rel=1e-6) for r in pkt_conditional_by_hand(points, 1e-7, False)]
+    assert default.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])  # rows, not columns, are distributions
+    s, t = out(embedding=x), out(embedding=torch.tensor([(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)]))
+    pkt = build_distiller("pkt", None)
+    assert pkt.exclude_self is False and pkt.eps == 1e-7
+    assert pkt(s, t, {}).item() == build_distiller("pkt", None, exclude_self=False, eps=1e-7)(s, t, {}).item()
+
+
+def test_pkt_eps_must_be_positive():
+    for bad in (0, -1e-7):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("pkt", None, eps=bad)
+        assert str(error.value) == f"loss 'pkt': eps must be > 0, got {bad}"
+    assert build_distiller("pkt", None, eps=1e-12).eps == 1e-12
 
 
 def test_cc_default_is_the_mean_product_of_consecutive_samples_differences():
