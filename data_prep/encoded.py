@@ -298,12 +298,17 @@ class EncodePool:
     def close(self) -> None:
         """Stop the workers at once (nothing they hold is needed after an error) and forget the items."""
         if self.pool is not None:
-            processes = list((self.pool._processes or {}).values())  # noqa: SLF001 (terminate on error, not join)
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            pool = self.pool
+            processes = list((pool._processes or {}).values())  # noqa: SLF001 (terminate on error, not join)
+            pool.shutdown(wait=False, cancel_futures=True)
+            processes += [p for p in list((pool._processes or {}).values()) if p not in processes]  # noqa: SLF001
             for process in processes:
                 if process.is_alive():
                     process.terminate()
             for process in processes:
                 process.join(timeout=10)
+                if process.is_alive():  # a worker that outlives SIGTERM would keep the interpreter from exiting
+                    process.kill()
+                    process.join(timeout=10)
             self.pool = None
         _SPLITS.clear()

@@ -127,35 +127,60 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _leftovers() -> list[str]:
-    """Threads (not daemons) and child processes still alive: what would keep the test process from exiting."""
+def _leftovers() -> dict[str, str]:
+    """Threads (not daemons) and child processes alive now, by a key that stays the same while they live: what
+    would keep the test process from exiting."""
     import multiprocessing
     import threading
 
-    found = [f"thread {t.name!r} ({type(t).__name__}, not a daemon)" for t in threading.enumerate()
-             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    found += [f"child process {p.pid} {p.name!r} (daemon={p.daemon})" for p in multiprocessing.active_children()]
-    try:  # children that are not multiprocessing's (subprocess.Popen left running)
-        me = str(os.getpid())
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if stat[1] == me and not any(entry.name == str(p.pid) for p in multiprocessing.active_children()):
-                    cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
-                    if "multiprocessing.resource_tracker" not in cmd and "multiprocessing.forkserver" not in cmd:
-                        found.append(f"child process {entry.name}: {cmd}")  # those two end with the parent
+    found = {f"thread {t.ident}": f"thread {t.name!r} ({type(t).__name__}, not a daemon)" for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()}
+    names = {str(p.pid): p.name for p in multiprocessing.active_children()}
+    me = str(os.getpid())
+    try:
+        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
     except OSError:
-        pass
+        entries = []
+    for entry in entries:  # every child, multiprocessing's and subprocess.Popen's alike
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except OSError:
+            continue
+        if stat[1] != me or stat[0] == "Z":  # not ours, or exited and only waiting to be reaped
+            continue
+        if "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd:
+            continue  # those two end with the test process
+        found[f"process {entry.name}"] = f"child process {entry.name} {names.get(entry.name, '')!r}: {cmd}"
     return found
 
 
+_LEFT_BEHIND: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running(request):
+    """Record a test that leaves a thread or child process running after it ends (a CI run once printed its result
+    and then did not exit: an encoding worker process of some earlier test was still waiting for work)."""
+    import time
+
+    before = set(_leftovers())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        new = {k: v for k, v in _leftovers().items() if k not in before}
+        if not new or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if new:
+        _LEFT_BEHIND.append(f"{request.node.nodeid}: " + "; ".join(new.values()))
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Name what the session leaves running (a CI run once printed its result and then did not exit): a test
-    that starts a thread or a process must also end it."""
+    """Name the tests that left something running, and what the session still runs at its end."""
+    for line in _LEFT_BEHIND:
+        terminalreporter.write_line(f"left running after {line}", yellow=True)
     leftovers = _leftovers()
     if leftovers:
         terminalreporter.write_line("still running after the tests (the process may not exit): "
-                                    + "; ".join(leftovers), yellow=True)
+                                    + "; ".join(leftovers.values()), yellow=True)
