@@ -136,6 +136,21 @@ def test_build_distiller_rejects_unknown_parameter_and_name_with_suggestion(pair
         build_distiller("sp", spec, p=2)
 
 
+def test_registry_messages_are_whole_and_every_class_knows_its_name():
+    from crossmodal.losses.base import DISTILLERS, register_distiller
+
+    assert all(cls.name == name for name, cls in DISTILLERS.items())
+    with pytest.raises(ValueError) as error:
+        register_distiller("kd")(type("KDAgain", (), {}))
+    assert str(error.value) == "distiller 'kd' registered twice"
+    with pytest.raises(ConfigError) as error:  # no config key given: no prefix
+        get_distiller("zzz")
+    assert str(error.value) == f"unknown loss 'zzz' (known: {', '.join(list_distillers())})"
+    with pytest.raises(ConfigError) as error:
+        build_distiller("pkt", None, epsilon=1.0)
+    assert str(error.value) == "loss 'pkt' has no parameter 'epsilon'; did you mean 'eps'? (accepted: eps, exclude_self)"
+
+
 def test_stage_pairing_aligns_the_deepest_stages_and_needs_one_after_the_stem():
     assert last_stages(["s0", "s1", "s2"], ["t0", "t1", "t2", "t3"], "at") == [("s1", "t2"), ("s2", "t3")]
     with pytest.raises(ConfigError, match="'vid' needs at least one stage after the stem"):
