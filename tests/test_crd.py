@@ -855,6 +855,9 @@ def test_memory_size_note_at_imagenet_scale():
 
 def test_memory_sizes_switch_unit_exactly_at_a_megabyte_and_a_gigabyte():
     assert [_decimal_size(n) for n in (10**9, 10**6, 100_000, 999)] == ["1 GB", "1 MB", "100 kB", "0.999 kB"]
+    # sizes that round up to 1000 of a unit go to the next unit; sizes past 999 GB are written out
+    assert [_decimal_size(n) for n in (999_999_999, 999_499, 999_500, 1_310_720_000, 5 * 10**12)] == [
+        "1 GB", "999 kB", "1 MB", "1.31 GB", "5,000 GB"]
 
 
 # --------------------------------------------------------------------------------------------------- DDP

@@ -98,11 +98,14 @@ class EmbedHead(nn.Module):
 
 
 def _decimal_size(num_bytes: int) -> str:
-    """'1.31 GB', '656 MB', '32.8 kB' (powers of 1000)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.3g} {unit}"
-    return f"{num_bytes / 1e3:.3g} kB"
+    """'1.31 GB', '656 MB', '32.8 kB' (powers of 1000, 3 significant digits; a size that rounds up to 1000 of a
+    unit is shown in the next one: 999,999,999 bytes is '1 GB', not '1e+03 MB')."""
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        text = f"{num_bytes / scale:.3g}"
+        if float(text) < 1000:
+            return f"{text} {unit}"
+    gb = num_bytes / 1e9
+    return f"{gb:.3g} GB" if gb < 999.5 else f"{gb:,.0f} GB"
 
 
 @register_distiller("crd")
