@@ -12,6 +12,8 @@ from crossmodal.losses.base import DISTILLERS, DistillSpec, OutputShapes, build_
 from crossmodal.losses.contrast_memory import (
     ClassIndex,
     ContrastMemory,
+    PartitionEstimate,
+    init_memory_rows,
     negatives_from_keys,
     negatives_from_uniform,
     nce_loss,
@@ -593,6 +595,76 @@ def test_init_memory_is_uniform_in_reference_bounds():
     rows = ContrastMemory(5000, FEAT).rows
     bound = 1 / math.sqrt(FEAT / 3)
     assert rows.min() >= -bound and rows.max() <= bound and rows.min() < -0.95 * bound
+
+
+def test_init_memory_rows_by_hand_from_the_generator_given():
+    # dim 12: bound 1 / sqrt(12 / 3) = 0.5 exactly, so rows are u - 0.5 for the generator's uniforms u, bit for bit.
+    torch.manual_seed(123)  # the global stream differs from the given generator's
+    rows = init_memory_rows(6, 12, generator=torch.Generator().manual_seed(7))
+    uniforms = torch.rand(6, 12, generator=torch.Generator().manual_seed(7))
+    assert rows.shape == (6, 12) and rows.dtype == torch.float32
+    assert torch.equal(rows, uniforms - 0.5)
+    # dim 27: bound 1/3, so the rows are u * 2/3 - 1/3.
+    rows = init_memory_rows(5, 27, generator=torch.Generator().manual_seed(8))
+    uniforms = torch.rand(5, 27, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(rows, uniforms * (2 / 3) - 1 / 3, rtol=0, atol=1e-7)
+
+
+def test_contrast_memory_and_partition_estimate_defaults():
+    memory = ContrastMemory(4, 3)
+    assert (memory.momentum, memory.score_all_rows, memory.num_rows) == (0.5, None, 4)
+    assert [name for name, _ in memory.named_buffers()] == ["rows"]
+    assert memory.rows.shape == (4, 3) and memory.rows.dtype == torch.float32
+    assert ContrastMemory(4, 3, dtype=torch.float16).rows.dtype == torch.float16
+
+    z = PartitionEstimate()
+    assert (z.z_estimate, z.z_momentum) == ("frozen", 0.99)
+    assert list(z.state_dict()) == ["log_z", "initialised"]
+    assert z.log_z.shape == () and z.log_z.dtype == torch.float64 and z.log_z.item() == 0.0
+    assert z.initialised.shape == () and z.initialised.dtype == torch.bool and not z.initialised
+    assert z(torch.tensor(2.0), update=True).item() == 2.0  # the first batch's estimate
+    assert z(torch.tensor(5.0), update=True).item() == 2.0  # then frozen
+    ema = PartitionEstimate("ema")
+    ema(torch.tensor(2.0), update=True)
+    expected = math.log(0.99 * math.exp(2.0) + 0.01 * math.exp(5.0))
+    assert ema(torch.tensor(5.0), update=True).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_score_multiplies_all_rows_up_to_32_k_rows_and_gathers_them_beyond():
+    # Default (score_all_rows None): the (B, N) matmul while N <= 32 K, the gathered (B, K+1, D) rows above;
+    # the autograd node tells which ran. An explicit choice holds at either size. The values are the same.
+    anchors = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    index, negatives = torch.tensor([0, 1]), torch.tensor([[2, 3], [4, 5]])  # K = 2
+    for num_rows, choice, node in ((64, None, "GatherBackward0"), (65, None, "SqueezeBackward1"),
+                                   (65, True, "GatherBackward0"), (64, False, "SqueezeBackward1")):
+        memory = ContrastMemory(num_rows, 3, score_all_rows=choice)
+        scores = memory.score(anchors, index, negatives)
+        assert scores.grad_fn.name() == node, (num_rows, choice)
+        columns = torch.tensor([[0, 2, 3], [1, 4, 5]])
+        by_hand = torch.stack([memory.rows[columns[b]] @ anchors[b] for b in range(2)])
+        torch.testing.assert_close(scores, by_hand)
+
+
+def test_half_rows_are_scored_in_float32_for_shared_and_per_sample_negatives():
+    # Half rows are storage only: each path converts the rows it reads, so the scores equal float32 dot products
+    # with the rounded rows, for one shared set of negatives as for per-anchor sets.
+    anchors = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    index = torch.tensor([0, 4, 9])
+    for dtype in (torch.float16, torch.bfloat16):
+        memory = ContrastMemory(40, 8, dtype=dtype)
+        rows = memory.rows.float()
+        shared = torch.tensor([1, 2, 3, 5, 6])
+        scores = memory.score(anchors, index, shared)
+        assert scores.dtype == torch.float32 and scores.shape == (3, 6)
+        torch.testing.assert_close(scores[:, 0], (anchors * rows[index]).sum(dim=1))
+        torch.testing.assert_close(scores[:, 1:], anchors @ rows[shared].T)
+        per_anchor = torch.tensor([[1, 2], [3, 5], [6, 7]])
+        for all_rows in (True, False):
+            memory.score_all_rows = all_rows
+            scores = memory.score(anchors, index, per_anchor)
+            columns = torch.cat([index[:, None], per_anchor], dim=1)
+            assert scores.dtype == torch.float32
+            torch.testing.assert_close(scores, torch.stack([rows[columns[b]] @ anchors[b] for b in range(3)]))
 
 
 def test_state_dict_round_trip_gives_the_same_next_loss():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import app
+from crossmodal.errors import ConfigError
 from crossmodal.sections import DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.tasks.teach import TeachConfig
 from crossmodal.probe.diagnostics import (correlation_difference, linear_cka, logit_correlation,
@@ -141,3 +143,67 @@ def test_cli_compare_refuses_different_class_counts(tmp_path, make_prepared):
                                       "--data", str(data4), "--out-dir", str(tmp_path / "x"), "--device", "cpu"])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "4 classes" in result.output and "6" in result.output
+
+
+def _drawn_heatmap(monkeypatch, diff, *args, **kwargs):
+    """The Figure plot_correlation_difference hands to save_figure (nothing written)."""
+    import crossmodal.probe.report as report
+
+    drawn = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    plot_correlation_difference(diff, "unused.png", *args, **kwargs)
+    return drawn[-1]
+
+
+def test_heatmap_size_colours_labels_and_title_by_hand(monkeypatch):
+    diff = torch.tensor([[0.0, 0.25, 0.5, 0.125], [0.25, 0.0, 0.75, 0.0], [0.5, 0.75, 0.0, 1.0],
+                         [0.125, 0.0, 1.0, 0.0]])
+    names = ["cat", "dog", "car", "ship"]
+    fig = _drawn_heatmap(monkeypatch, diff, names)
+    side = 3.0 + 0.35 * 4  # 4.4 inches for 4 classes, plus 1.2 for the colour bar
+    assert tuple(fig.get_size_inches()) == pytest.approx((side + 1.2, side))
+    ax, bar = fig.axes
+    image = ax.images[0]
+    assert image.get_cmap().name == "viridis" and image.norm.vmin == 0.0 and image.norm.vmax == 1.0
+    assert image.get_interpolation() == "nearest"
+    assert np.array_equal(image.get_array(), diff.numpy())
+    assert bar.get_ylabel() == "|corr_teacher - corr_student|"
+    assert ax.get_title() == "logit correlation difference, mean 0.3281"  # 5.25 / 16
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {90.0}
+    assert {t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()} == {7.0}
+    assert ax.title.get_fontsize() == 9.0
+    assert _drawn_heatmap(monkeypatch, diff, names, title="given").axes[0].get_title() == "given"
+    # The colour scale starts at 0 even where no entry is 0, and the colour bar shows the image's scale.
+    ax, bar = _drawn_heatmap(monkeypatch, diff + 0.5).axes
+    assert ax.images[0].norm.vmin == 0.0 and tuple(bar.get_ylim()) == (0.0, 1.5)
+
+
+def test_heatmap_names_classes_up_to_30_and_caps_its_side_at_10_inches(monkeypatch):
+    names = [f"c{i}" for i in range(31)]
+    fig = _drawn_heatmap(monkeypatch, torch.zeros(30, 30), names[:30])
+    assert tuple(fig.get_size_inches()) == pytest.approx((11.2, 10.0))  # 3 + 0.35 * 30 = 13.5, capped
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names[:30]
+    fig = _drawn_heatmap(monkeypatch, torch.zeros(31, 31), names)
+    assert "c0" not in [t.get_text() for t in fig.axes[0].get_xticklabels()]  # 31 classes: numbers, no names
+    fig = _drawn_heatmap(monkeypatch, torch.zeros(20, 20))
+    assert tuple(fig.get_size_inches()) == pytest.approx((11.2, 10.0))  # 3 + 0.35 * 20 = 10
+    fig = _drawn_heatmap(monkeypatch, torch.zeros(19, 19))
+    assert tuple(fig.get_size_inches()) == pytest.approx((3.0 + 0.35 * 19 + 1.2, 3.0 + 0.35 * 19))
+
+
+def test_a_constant_class_correlates_0_with_every_class_itself_included():
+    logits = torch.tensor([[1.0, 5.0, 2.0], [2.0, 5.0, 0.0], [4.0, 5.0, 1.0]])  # class 1 constant
+    corr = logit_correlation(logits)
+    assert corr[1].tolist() == [0.0, 0.0, 0.0] and corr[:, 1].tolist() == [0.0, 0.0, 0.0]
+    # classes 0 and 2 centred: (-4/3, -1/3, 5/3) and (1, -1, 0); r = (-4/3 + 1/3) / (sqrt(42/9) * sqrt(2))
+    assert corr[0, 2].item() == pytest.approx(-1.0 / math.sqrt(42 / 9 * 2), abs=1e-12)
+    assert corr[0, 0].item() == pytest.approx(1.0) and corr[2, 2].item() == pytest.approx(1.0)
+
+
+def test_correlation_difference_refuses_different_shapes_with_the_whole_message():
+    with pytest.raises(ConfigError) as error:
+        correlation_difference(torch.randn(5, 3), torch.randn(5, 4))
+    assert str(error.value) == ("teacher logits (5, 3) and student logits (5, 4) differ; compare networks of the "
+                                "same classes on the same data")

@@ -100,3 +100,22 @@ def test_linear_cka_flattens_maps_refuses_unpaired_rows_and_is_zero_for_constant
     with pytest.raises(ValueError, match="same samples: 30 vs 29 rows"):
         linear_cka(torch.from_numpy(maps), torch.from_numpy(other[:29]))
     assert linear_cka(torch.ones(30, 3), torch.from_numpy(other)) == 0.0  # centred to zero: no similarity
+
+
+def test_set_standardization_takes_population_mean_and_std_and_keeps_1_at_or_below_eps():
+    probe = LinearProbe(4, 2)
+    features = torch.tensor([[0.0, 2.0, 5.0, 1.0], [4.0, 2.0, 5.0, 1.0], [2.0, 2.0, 5.0, 4.0],
+                             [2.0, 2.0, 5.0, 2.0]])
+    probe.set_standardization(features)
+    assert probe.mean.tolist() == [2.0, 2.0, 5.0, 2.0]
+    # population std: sqrt((4 + 4 + 0 + 0) / 4) = sqrt(2); constant columns keep 1; sqrt((1 + 1 + 4 + 0) / 4)
+    assert probe.std.tolist() == pytest.approx([math.sqrt(2), 1.0, 1.0, math.sqrt(1.5)], abs=1e-6)
+    wide = torch.tensor([[0.0, 0.0], [4.0, 2.0]])  # stds 2 and 1
+    probe = LinearProbe(2, 2)
+    probe.set_standardization(wide, eps=2.0)  # 2 is not above eps: kept at 1
+    assert probe.std.tolist() == [1.0, 1.0] and probe.mean.tolist() == [2.0, 1.0]
+    probe.set_standardization(wide, eps=1.5)
+    assert probe.std.tolist() == [2.0, 1.0]
+    narrow = LinearProbe(1, 2)
+    narrow.set_standardization(torch.tensor([[0.0], [1.0]]))  # std 0.5, far above the default eps 1e-6
+    assert narrow.std.tolist() == [0.5] and narrow.mean.tolist() == [0.5]
