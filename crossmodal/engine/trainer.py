@@ -370,7 +370,18 @@ class Trainer:
                 logger.write_summary(summary)
         finally:
             logger.close()
+            self._stop_loader_workers()
         return summary
+
+    def _stop_loader_workers(self) -> None:
+        """End the loaders' persistent worker processes when fit() ends (or fails), so a process that trains several
+        runs (library use, tests) does not keep every run's workers alive until garbage collection; the loaders stay
+        usable (a later evaluate() starts its workers again)."""
+        for loader in (getattr(self, "train_loader", None), getattr(self, "test_loader", None)):
+            iterator = getattr(loader, "_iterator", None)  # DataLoader keeps persistent workers in its iterator
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
 
     def _train_epoch(self, epoch: int, logger: RunLogger) -> dict:
         """One pass over the epoch's batches; returns the epoch's training metrics (summed over ranks)."""
