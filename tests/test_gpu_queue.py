@@ -57,6 +57,16 @@ def test_queue_order_follows_the_issue_and_students_wait_for_their_teacher(tmp_p
     kd = next(j for j in jobs if j.name == "t1_vgg13_vgg8_kd_s0")
     assert queue.status(kd, results, state) == "waiting"  # its teacher's weights are not here
     assert queue.next_job(jobs, results, state).name == "t1_wrn_40_2_teacher_s0"  # the next runnable job
+    (results / "gpu_t1_wrn_40_2_teacher_s0.json").write_text(json.dumps({"status": "partial"}))
+    assert queue.next_job(jobs, results, state).name == "t1_wrn_40_2_teacher_s0"
+    (results / "gpu_t1_resnet32x4_teacher_s0.json").write_text(json.dumps({"status": "partial"}))
+    # a started job is finished before a ready one starts (the vgg13 students are ready once their teacher is
+    # here), the first partial one in queue order first
+    sparse(queue.teacher_file("t1_vgg13_teacher_s0", state), 1000)
+    assert queue.next_job(jobs, results, state).name == "t1_wrn_40_2_teacher_s0"
+    (results / "gpu_t1_wrn_40_2_teacher_s0.json").unlink()
+    assert queue.next_job(jobs, results, state).name == "t1_resnet32x4_teacher_s0"
+    (results / "gpu_t1_resnet32x4_teacher_s0.json").unlink()
     sparse(queue.teacher_file("t1_vgg13_teacher_s0", state), 1000)
     assert queue.next_job(jobs, results, state).name == "t1_vgg13_vgg8_kd_s0"
     (results / "gpu_t1_vgg13_vgg8_kd_s0.json").write_text(json.dumps({"status": "partial"}))

@@ -231,10 +231,13 @@ def _committed_b_teacher(job: Job) -> bool:
 
 
 def next_job(jobs: list[Job], results: Path | None = None, state: Path | None = None) -> Job | None:
-    """The first job that is partial or ready, in queue order."""
-    for job in jobs:
-        if status(job, results, state) in ("partial", "ready"):
-            return job
+    """The first partial job in queue order (a started job is finished before another starts: its state is on
+    this machine and the device), else the first ready one."""
+    states = [(job, status(job, results, state)) for job in jobs]
+    for wanted in ("partial", "ready"):
+        for job, now in states:
+            if now == wanted:
+                return job
     return None
 
 
