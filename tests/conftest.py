@@ -127,6 +127,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+MP_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")  # they end with their parent
+
+
+def cmdline(pid: int) -> str:
+    """The command line of process `pid` ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def child_pids(pid: int, helpers: bool = True) -> list[int]:
+    """Live child processes of `pid`, from /proc (exited ones waiting to be reaped left out); `helpers=False` also
+    leaves out multiprocessing's resource tracker and forkserver."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            child = int(stat.parent.name)
+            if helpers or not any(helper in cmdline(child) for helper in MP_HELPERS):
+                children.append(child)
+    return children
+
+
 def _leftovers() -> dict[str, str]:
     """Threads (not daemons) and child processes alive now, by a key that stays the same while they live: what
     would keep the test process from exiting."""
@@ -135,23 +162,9 @@ def _leftovers() -> dict[str, str]:
 
     found = {f"thread {t.ident}": f"thread {t.name!r} ({type(t).__name__}, not a daemon)" for t in threading.enumerate()
              if t is not threading.main_thread() and not t.daemon and t.is_alive()}
-    names = {str(p.pid): p.name for p in multiprocessing.active_children()}
-    me = str(os.getpid())
-    try:
-        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
-    except OSError:
-        entries = []
-    for entry in entries:  # every child, multiprocessing's and subprocess.Popen's alike
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
-        except OSError:
-            continue
-        if stat[1] != me or stat[0] == "Z":  # not ours, or exited and only waiting to be reaped
-            continue
-        if "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd:
-            continue  # those two end with the test process
-        found[f"process {entry.name}"] = f"child process {entry.name} {names.get(entry.name, '')!r}: {cmd}"
+    names = {p.pid: p.name for p in multiprocessing.active_children()}
+    for child in child_pids(os.getpid(), helpers=False):  # multiprocessing's and subprocess.Popen's alike
+        found[f"process {child}"] = f"child process {child} {names.get(child, '')!r}: {cmdline(child)[:120]}"
     return found
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cli.main import app
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, child_pids
 from test_engine import FailAtEpoch  # noqa: E402
 from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import open_prepared
@@ -664,19 +664,6 @@ from cli.main import app
 sys.argv = ["crossmodal", *sys.argv[1:]]
 app()
 """
-
-
-def child_pids(pid: int) -> list[int]:
-    """Live child processes of `pid`, from /proc."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.append(int(stat.parent.name))
-    return children
 
 
 def test_sigterm_during_encoded_prepare_stops_the_workers_and_leaves_nothing(tmp_path):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import make_prepared  # noqa: E402
+from conftest import child_pids, make_prepared  # noqa: E402
 
 from crossmodal.config import load_config
 from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
@@ -313,30 +313,16 @@ def test_weights_do_not_depend_on_the_number_of_loader_workers(tmp_path):
                            model_weights(tmp_path / "w2" / "run" / "last.pt")) == 0.0
 
 
-def _children() -> set[str]:
-    me = str(os.getpid())
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else None
-            cmd = (entry / "cmdline").read_bytes() if stat else b""
-        except OSError:
-            continue
-        if stat and stat[1] == me and stat[0] != "Z" and b"resource_tracker" not in cmd:
-            found.add(entry.name)
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from /proc (Linux)")
 def test_fit_ends_its_persistent_loader_workers_and_the_trainer_can_still_evaluate(tmp_path):
     """A process that trains run after run (library use) must not keep each run's loader workers alive."""
     data = make_prepared(tmp_path)
     cfg = make_cfg(data, tmp_path / "runs", epochs=1)
     cfg.data.workers = 2
-    before = _children()
+    before = set(child_pids(os.getpid(), helpers=False))
     trainer = make_trainer(cfg)
     trainer.fit()
-    assert _children() - before == set()  # the workers ended with fit(), not at garbage collection
+    assert set(child_pids(os.getpid(), helpers=False)) - before == set()  # ended with fit(), not at gc
     assert 0.0 <= trainer.evaluate()["test_top1"] <= 100.0  # the loaders still work afterwards
     import gc
     import time
@@ -344,9 +330,9 @@ def test_fit_ends_its_persistent_loader_workers_and_the_trainer_can_still_evalua
     del trainer  # evaluate() outside fit() keeps its workers, like any DataLoader, until the trainer goes
     gc.collect()
     deadline = time.monotonic() + 10
-    while _children() - before and time.monotonic() < deadline:
+    while set(child_pids(os.getpid(), helpers=False)) - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _children() - before == set()
+    assert set(child_pids(os.getpid(), helpers=False)) - before == set()
 
 
 def test_an_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path):
