@@ -267,16 +267,19 @@ def encoded_costs(path: Path, reads: int = 640) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in results.items()}
 
 
-def data_line(path: Path, present: list[str]) -> str:
-    """What the report says the data were, from the file itself: its splits and sizes, and how its JPEGs were made."""
+def encoded_file(path: Path) -> tuple[list[str], str]:
+    """The file's train/test splits present (a file prepared with --only-splits train, the GPU decode job's, has no
+    test) and what the report says the data were, from the file itself: splits, sizes, how its JPEGs were made."""
     import h5py
 
     with h5py.File(path, "r") as f:
+        present = [name for name in ("train", "test") if name in f]
         sizes = ", ".join(f"{split} {len(f[split]['label']):,}" for split in present)
         arguments = json.loads(f.attrs["provenance"]).get("arguments", {})
     how = (f"re-encoded at JPEG quality {arguments.get('jpeg_quality')}" if arguments.get("reencode")
            else "ImageNet's own JPEG bytes")
-    return f"the 224-px Imagenette subset ({ENCODED_SRC.name}) as JPEG rows, {how}: {sizes} images (`{path.name}`)"
+    return present, (f"the 224-px Imagenette subset ({ENCODED_SRC.name}) as JPEG rows, {how}: {sizes} images "
+                     f"(`{path.name}`)")
 
 
 def encoded_main(args) -> None:
@@ -302,10 +305,7 @@ def encoded_main(args) -> None:
     settings = [("rgb", "RandomResizedCrop 224 + flip", ["rgb"], train_augment, "train"),
                 ("rgb", "centre crop 224 (evaluation)", ["rgb"], PairedAugment(center_crop=224), "test"),
                 ("L,ab (derived)", "RandomResizedCrop 224 + flip", ["L", "ab"], train_augment, "train")]
-    import h5py
-
-    with h5py.File(path, "r") as f:  # a file prepared with --only-splits train (the GPU decode job's) has no test
-        present = [name for name in ("train", "test") if name in f]
+    present, data = encoded_file(path)
     skipped = [f"{label}, {transform}, {split}" for label, transform, _, _, split in settings if split not in present]
     for line in skipped:
         print(f"skipped (the file has no such split): {line}")
@@ -326,7 +326,7 @@ def encoded_main(args) -> None:
         print(f"rgb decoded on {device}: {rate:6.0f} samples/s, {cpu_ms:.2f} CPU ms per sample")
     lines = ["# Loader throughput on encoded JPEG rows (ImageNet path), 224 px", "",
              f"Command: `{command}`  ", f"Machine: {where}  ",
-             f"Data: {data_line(path, present)}.", "",
+             f"Data: {data}.", "",
              f"Loader: batch {BATCH}, shuffle, drop_last, samples normalised float32 tensors; {args.batches} timed "
              "batches after the first; decoding in the DataLoader worker processes (main process torch threads "
              "= 1).", "",

@@ -124,7 +124,8 @@ def export(b: Bench, name: str, step: Step) -> dict:
         "epochs": budget["epochs"], "images_seen": budget["images_seen"], "passes": budget["passes"],
         "config": spec.config, "seed": spec.seed, "command": relative_command(step.cmd),
         "train_time_s": round(summary["train_time_s"], 1), "device": summary["device"],
-        "machine": machine_line(summary["device"]), "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": machine_line(summary["device"]), "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     records = load_records()
     records[name] = record

@@ -220,7 +220,6 @@ def _block_stats(images: list[np.ndarray], modalities: list[str]) -> dict:
 
     One histogram call per channel and block, not per image: a 65,536-bin float16 histogram costs
     about as much to set up as to fill for a small image."""
-
     pixels = np.concatenate([image.reshape(-1, 3) for image in images])[None]  # (1, P, 3) uint8 RGB
     accumulators = {m: ChannelStats(MODALITIES[m].dtype, MODALITIES[m].channels) for m in modalities}
     if "rgb" in accumulators:
@@ -298,10 +297,8 @@ class EncodePool:
     def close(self) -> None:
         """Stop the workers at once (nothing they hold is needed after an error) and forget the items."""
         if self.pool is not None:
-            pool = self.pool
-            processes = list((pool._processes or {}).values())  # noqa: SLF001 (terminate on error, not join)
-            pool.shutdown(wait=False, cancel_futures=True)
-            processes += [p for p in list((pool._processes or {}).values()) if p not in processes]  # noqa: SLF001
+            processes = list((self.pool._processes or {}).values())  # noqa: SLF001 (terminate on error, not join)
+            self.pool.shutdown(wait=False, cancel_futures=True)  # which forgets its processes: listed before
             for process in processes:
                 if process.is_alive():
                     process.terminate()

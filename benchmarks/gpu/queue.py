@@ -311,8 +311,8 @@ def host_data_problem(host: HostData, shared: Path | None = None) -> str | None:
                     f"again: {command} --force")
     splits = sorted(provenance.get("counts", {}))  # split -> rows stored
     if host.splits is not None and splits != sorted(host.splits):
-        return (f"{host.path}: holds the splits {', '.join(splits) or 'none'}, the job needs only {', '.join(host.splits)}; "
-                f"prepare it again: {command} --force")
+        return (f"{host.path}: holds the splits {', '.join(splits) or 'none'}, the job needs only "
+                f"{', '.join(host.splits)}; prepare it again: {command} --force")
     return None
 
 

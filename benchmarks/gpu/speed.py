@@ -193,6 +193,7 @@ def capture_matches_eager(args, data: Path, out: Path, teacher: str) -> str:
                                                 progress=False, log_every=10**9, cuda_graph=graph))
         run_distill(cfg)
         weights[name] = load_checkpoint(out / name / "last.pt")["model"]
+
     def diff(a: str, b: str) -> float:
         return max((weights[a][k].double() - weights[b][k].double()).abs().max().item()
                    for k in weights[a] if weights[a][k].is_floating_point())
