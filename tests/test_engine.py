@@ -422,21 +422,43 @@ def _torchrun_env(monkeypatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+def _record_group_exits(monkeypatch) -> list:
+    """Log ("barrier" / "destroy") of every barrier and group teardown, each still done."""
+    calls = []
+    barrier, destroy = torch.distributed.barrier, torch.distributed.destroy_process_group
+
+    def logged(name, fn):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch.distributed, "barrier", logged("barrier", barrier))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", logged("destroy", destroy))
+    return calls
+
+
 def test_run_teach_owns_the_process_group_it_joins(tmp_path, monkeypatch):
     """Under torchrun, run_teach joins the job and leaves it when it returns (and when it fails), so a Python
-    caller is cleaned up like the CLI; a group the caller joined first is the caller's and stays."""
+    caller is cleaned up like the CLI; a group the caller joined first is the caller's and stays. A run that
+    ends normally waits for every rank at a barrier before leaving; a failed one leaves at once (the other
+    ranks may never arrive)."""
     from crossmodal.engine.distributed import launch_rank
     from crossmodal.tasks.teach import run_teach
 
     data = make_prepared(tmp_path)
     assert launch_rank() == 0 and not torch.distributed.is_initialized()
     _torchrun_env(monkeypatch)
+    calls = _record_group_exits(monkeypatch)
     summary = run_teach(make_cfg(data, tmp_path / "a", epochs=1))
     assert summary["world_size"] == 1  # the DDP path ran
     assert not torch.distributed.is_initialized()
+    assert calls[-2:] == ["barrier", "destroy"]
+    calls.clear()
     with pytest.raises(ConfigError):  # fails after joining (the run folder exists): left all the same
         run_teach(make_cfg(data, tmp_path / "a", epochs=1))
     assert not torch.distributed.is_initialized()
+    assert calls == ["destroy"]
     torch.distributed.init_process_group("gloo", init_method="env://")
     try:
         run_teach(make_cfg(data, tmp_path / "b", epochs=1))
@@ -450,14 +472,18 @@ def test_a_trainer_used_directly_leaves_the_group_it_joined(tmp_path, monkeypatc
     fit() fails; a group the caller joined before is the caller's and stays."""
     data = make_prepared(tmp_path)
     _torchrun_env(monkeypatch)
+    calls = _record_group_exits(monkeypatch)
     trainer = make_trainer(make_cfg(data, tmp_path / "a", epochs=1))
     assert trainer.dist.distributed and torch.distributed.is_initialized()
     trainer.fit()
     assert not torch.distributed.is_initialized()
+    assert calls[-2:] == ["barrier", "destroy"]  # a normal end waits for every rank
+    calls.clear()
     failing = make_trainer(make_cfg(data, tmp_path / "a", epochs=1))  # the run folder holds a run: fit() fails
     with pytest.raises(ConfigError):
         failing.fit()
     assert not torch.distributed.is_initialized()
+    assert calls == ["destroy"]
     torch.distributed.init_process_group("gloo", init_method="env://")
     try:
         make_trainer(make_cfg(data, tmp_path / "b", epochs=1)).fit()

@@ -61,9 +61,16 @@ def init_distributed(device: torch.device) -> DistInfo:
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")), distributed=True)
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group if one was joined."""
+def cleanup_distributed(synchronize: bool = False) -> None:
+    """Leave the process group if one was joined.
+
+    `synchronize` (for a job that ended normally) waits at a barrier first, so no rank tears its connections
+    down while another is still in its last collective: gloo ranks that left unsynchronised have been seen to
+    abort with "terminate called without an active exception". After a failure the other ranks may never
+    arrive (torchrun ends them), so the group is left at once."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -76,11 +83,13 @@ def distributed_job(device: torch.device):
     the caller's: it is used and left in place. Outside torchrun this is a no-op.
     """
     joined_here = launched_by_torchrun() and not dist.is_initialized()
+    ended_normally = False
     try:
         yield init_distributed(device)
+        ended_normally = True
     finally:
         if joined_here:
-            cleanup_distributed()
+            cleanup_distributed(synchronize=ended_normally)
 
 
 def launch_rank() -> int:

@@ -312,13 +312,16 @@ class Trainer:
         Holds the run folder's lock throughout (a second run into it fails at once) and checks a
         resume against the run's fingerprint (crossmodal.engine.rundir). Under torchrun, a process group this
         Trainer joined (it was constructed outside one) is left when fit() returns or fails: fit() once."""
+        ended_normally = False
         try:
             with rundir.RunFolder(self.run_dir, enabled=self.dist.is_main):
-                return self._fit()
+                summary = self._fit()
+            ended_normally = True
+            return summary
         finally:
             if self._leave_group_after_fit:
                 self._leave_group_after_fit = False
-                cleanup_distributed()
+                cleanup_distributed(synchronize=ended_normally)
 
     def _fit(self) -> dict:
         cfg, is_main = self.cfg, self.dist.is_main
