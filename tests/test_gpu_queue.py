@@ -51,8 +51,8 @@ def test_queue_order_follows_the_issue_and_students_wait_for_their_teacher(tmp_p
     results.mkdir()
     benchmark_teachers = [j.name for j in jobs if j.group == "b"]
     assert benchmark_teachers == [f"teacher_{name}" for name in teachers.TEACHERS]  # every benchmark teacher
-    assert names[1] == "gpu_decode"
-    for name in ("speed", "gpu_decode", *benchmark_teachers, "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
+    assert names[1:3] == ["gpu_decode", "profile_crd"]
+    for name in ("speed", "gpu_decode", "profile_crd", *benchmark_teachers, "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
         (results / f"gpu_{name}.json").write_text(json.dumps({"status": "done"}))
     kd = next(j for j in jobs if j.name == "t1_vgg13_vgg8_kd_s0")
     assert queue.status(kd, results, state) == "waiting"  # its teacher's weights are not here
@@ -409,6 +409,25 @@ def test_the_decode_job_prepares_encoded_jpegs_and_times_the_device_decode_path(
     assert "data.decode cuda on cpu" in report and "RandomResizedCrop 224 + flip | train | 2 |" in report
     assert "train 4,000 images" in report and "| test |" not in report  # the train split only, as carried
     assert "(`--encoding jpeg, --only-splits train`), its JPEGs kept as the source's bytes to fit" in report
+
+
+def test_the_profile_job_times_every_part_of_the_crd_loss_and_names_its_costliest_operators(tmp_path):
+    """The CRD profile job on the CPU (--quick): one record with every part's wall and device time, the whole loss
+    costing more than its scores alone, and the operators of the whole loss ranked by self time."""
+    job = next(j for j in queue.build_jobs() if j.name == "profile_crd")
+    record = queue.run_job(job, tmp_path / "out", state=tmp_path / "state", device="cpu")
+    assert record["status"] == "done"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_profile_crd.json", "gpu_profile_crd.md"]
+    assert not (tmp_path / "state" / "profile").exists()  # nothing left behind
+    rows = {r["part"]: r for r in record["results"]["rows"]}
+    assert len(rows) == 10 and all(r["wall_ms"] > 0 and r["device_ms"] > 0 for r in rows.values())
+    whole = rows["whole CRD loss, forward + backward + update (default)"]
+    assert whole["wall_ms"] > rows["scores against both memories, forward"]["wall_ms"]
+    top = record["results"]["top_operators"]
+    assert top and [t["ms_per_call"] for t in top] == sorted((t["ms_per_call"] for t in top), reverse=True)
+    report = (tmp_path / "out" / "gpu_profile_crd.md").read_text()
+    assert "| negatives: exact, without replacement (the default) |" in report
+    assert "python -m benchmarks.gpu.profile_crd --device cpu --quick" in report
 
 
 def test_next_prints_the_device_command_and_what_it_carries(capsys):

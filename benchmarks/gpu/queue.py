@@ -14,7 +14,8 @@ working tree, which travels whole, plus the data archive from ../shared/data, or
   a. `speed`: the speed targets (benchmarks.gpu.speed); `gpu_decode`: data.decode cuda on encoded 224-px JPEGs
      against the 2-worker CPU loader (benchmarks/loader_throughput.py --encoded --decode-device cuda), on the
      224-px Imagenette subset's train split prepared here with ImageNet's own JPEG bytes (`HOST_DATA`: the whole
-     archive, 52 MiB, does not fit beside the working tree);
+     archive, 52 MiB, does not fit beside the working tree); `profile_crd`: where a CRD step's time goes
+     (benchmarks.gpu.profile_crd: each part of the loss alone, against KD, and its costliest kernels);
   b. the benchmarks' teachers (configs/teachers/), unless teachers/ already holds them: each is
      `python -m benchmarks.teachers --only NAME --device cuda`, the CPU's own command, and comes back as
      teachers/NAME.pt with its teachers.json record (or, stopped at the budget, as a benchmarks.partial
@@ -142,6 +143,9 @@ GPU_ENGINE = ["--set", "engine.device=cuda", "--set", "engine.precision=bf16", "
               "--set", "engine.progress=false", "--set", "data.workers=8"]
 PAIRS = [("vgg13", "vgg8"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "resnet8x4")]
 METHODS = {"vanilla": None, "kd": "kd", "crd": "crd", "crd_kd": "crd_kd"}  # student run -> config suffix
+# Jobs that run one benchmark script: kind -> (module, the stem of its .json/.md, takes a --work folder)
+SCRIPTS = {"speed": ("benchmarks.gpu.speed", "gpu_speed", True),
+           "profile": ("benchmarks.gpu.profile_crd", "gpu_profile_crd", False)}
 
 
 @dataclass
@@ -150,7 +154,7 @@ class Job:
 
     name: str
     group: str  # a, b, c, d (the issue's order)
-    kind: str  # speed | decode | teach | distill
+    kind: str  # speed | decode | profile | teach | distill
     title: str
     config: str = ""  # repository path of the run's config
     dataset: str = ""  # DATASETS key (an archive prepared on the device) or HOST_DATA key (a file made here)
@@ -168,7 +172,8 @@ def build_jobs() -> list[Job]:
     """The queue, in order (see the module docstring)."""
     jobs = [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch"),
             Job("gpu_decode", "a", "decode", "data.decode cuda on encoded 224-px JPEGs against the 2-worker CPU loader",
-                dataset="imagenette224_train")]
+                dataset="imagenette224_train"),
+            Job("profile_crd", "a", "profile", "where a CRD step's time goes: each part of the loss alone, its kernels")]
     from benchmarks.teachers import TEACHERS
 
     for name, spec in TEACHERS.items():
@@ -431,15 +436,17 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
     out.mkdir(parents=True, exist_ok=True)
     state = state or STATE
     record = {"job": job.name, "title": job.title, "device": _device_line(device), "status": "partial"}
-    if job.kind == "speed":
-        raw = out / "speed"  # the script's own files, folded into the job's record and markdown below
-        work = state / "speed"  # its synthetic data and runs (else a folder under the system's temporary one)
-        work.mkdir(parents=True, exist_ok=True)
-        args = ["--out-dir", str(raw), "--work", str(work)] + (["--device", "cpu", "--quick"] if device == "cpu"
-                                                               else [])
-        run([sys.executable, "-m", "benchmarks.gpu.speed", *args])
-        record.update(status="done", results=json.loads((raw / "gpu_speed.json").read_text()),
-                      markdown=(raw / "gpu_speed.md").read_text())
+    if job.kind in SCRIPTS:
+        module, stem, needs_work = SCRIPTS[job.kind]
+        raw = out / job.kind  # the script's own files, folded into the job's record and markdown below
+        work = state / job.kind  # its synthetic data and runs (else a folder under the system's temporary one)
+        args = ["--out-dir", str(raw)] + (["--device", "cpu", "--quick"] if device == "cpu" else [])
+        if needs_work:
+            work.mkdir(parents=True, exist_ok=True)
+            args += ["--work", str(work)]
+        run([sys.executable, "-m", module, *args])
+        record.update(status="done", results=json.loads((raw / f"{stem}.json").read_text()),
+                      markdown=(raw / f"{stem}.md").read_text())
         shutil.rmtree(raw)
         shutil.rmtree(work, ignore_errors=True)
         return _finish(job, out, record, started)
