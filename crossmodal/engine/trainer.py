@@ -28,6 +28,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,9 +182,14 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # Buffers (BN statistics, CRD memories) are not broadcast every step: memories stay equal
             # by construction and BN statistics are synchronised before evaluation and saving.
-            self.step_module = nn.parallel.DistributedDataParallel(
-                task, device_ids=device_ids, broadcast_buffers=False,
-                find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
+            # `broadcast_buffers` is deprecated in torch 2.14 for `forward_sync_buffers`, which older
+            # supported versions (>= 2.4) lack and which would also broadcast them once here; the
+            # behaviour every supported version shares is kept, without its warning at every run.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+                self.step_module = nn.parallel.DistributedDataParallel(
+                    task, device_ids=device_ids, broadcast_buffers=False,
+                    find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
 
     def _loaders(self) -> None:
         cfg, dist = self.cfg, self.dist
