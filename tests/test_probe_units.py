@@ -135,6 +135,9 @@ def test_confusion_matrix_by_hand_ignores_unlabelled_pixels_and_refuses_values_a
                             20)[19, 19] == 1
     assert confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 0]), 2).tolist() == [[0, 0], [0, 0]]
     assert confusion_matrix(torch.tensor([1]), torch.tensor([2]), 2).tolist() == [[0, 0], [0, 1]]  # value C is fine
+    with pytest.raises(DataError) as err:  # value C + 1 is not
+        confusion_matrix(torch.tensor([0]), torch.tensor([3]), 2)
+    assert str(err.value) == "segmentation value 3 exceeds the 2 classes named in the file"
     with pytest.raises(DataError) as err:
         confusion_matrix(torch.tensor([0, 1, 0]), torch.tensor([1, 4, 3]), 2)
     assert str(err.value) == "segmentation value 4 exceeds the 2 classes named in the file"
@@ -324,6 +327,7 @@ def test_input_adapter_renormalises_then_resizes_the_shorter_side_by_hand():
     assert InputAdapter("L", size=8)(torch.zeros(2, 1, 24, 32)).shape == (2, 1, 8, 11)
     assert InputAdapter("L", size=10)(torch.zeros(1, 1, 30, 20)).shape == (1, 1, 15, 10)
     assert InputAdapter("L", size=4)(torch.zeros(1, 1, 2, 3)).shape == (1, 1, 4, 6)  # upscaling too
+    assert InputAdapter("rgb", size=3)(torch.zeros(1, 3, 6, 10)).shape == (1, 3, 3, 5)  # 3 channels: not a side
     # Downscaling 4 -> 2 antialiased: output pixel 0's triangle filter of half-width 2 centred at 1.0 weighs input
     # pixels 0..3 by 0.75, 0.75, 0.25, 0: a row 0, 0, 4, 0 gives 4 * 0.25 / 1.75 (plain bilinear would give 0).
     row = torch.tensor([0.0, 0.0, 4.0, 0.0])
@@ -358,6 +362,10 @@ def test_stage_features_pool_a_stage_map_or_return_the_embedding():
     output = {"embedding": torch.ones(2, 5), "features": [torch.zeros(2, 1, 1, 1), fmap]}
     assert stage_features(output, "embedding") is output["embedding"]
     assert stage_features(output, 1).tolist() == [[1.5, 5.5], [9.5, 13.5]]  # means of 0..3, 4..7, 8..11, 12..15
+
+
+class Foreign:
+    """Not a tensor, nor anything torch.load(weights_only=True) accepts."""
 
 
 class TinyNet(nn.Module):
@@ -446,6 +454,11 @@ def test_cached_stores_once_reads_back_and_recomputes_foreign_or_damaged_entries
     assert not hit and entry["features"][0, 0] == 4.0
     assert cached(tmp_path, key, lambda: compute(5.0))[0]["features"][0, 0] == 4.0
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+    # An entry holding an arbitrary pickled object is not unpickled (weights_only): recomputed and replaced.
+    torch.save({"key": key, "features": torch.zeros(1), "logits": torch.zeros(1), "labels": torch.zeros(1),
+                "extra": Foreign()}, path)
+    entry, hit = cached(tmp_path, key, lambda: compute(6.0))
+    assert not hit and entry["features"][0, 0] == 6.0 and "extra" not in torch.load(path, weights_only=True)
 
 
 # ----------------------------------------------------------------------------- report
@@ -504,6 +517,10 @@ def test_save_figure_writes_a_png_at_110_dpi(tmp_path):
     path = report.save_figure(fig, str(tmp_path / "f.png"))
     assert path == tmp_path / "f.png" and png_size(path.read_bytes()) == (220, 110)
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]
+    import matplotlib
+
+    with matplotlib.rc_context({"savefig.format": "svg"}):  # PNG whatever the user's default format
+        assert png_size(report.save_figure(fig, tmp_path / "g.png").read_bytes()) == (220, 110)
 
 
 def drawn(monkeypatch, plot, *args):
