@@ -491,7 +491,8 @@ def test_markdown_table_by_hand_escapes_bars():
         "| linear | a\\|b.pt | resnet8 | rgb | embedding | 12.50 | - |\n"
         "| dense | random-init | wrn | depth | 2 | nan | 100.00 |")
     assert report.markdown_table([{"miou": 50.0, "top5": None}]) == (
-        "| method | checkpoint | arch | modality | stage | mIoU |\n|---|---|---|---|---|---|\n| - | - | - | - | - | 50.00 |")
+        "| method | checkpoint | arch | modality | stage | mIoU |\n|---|---|---|---|---|---|\n"
+        "| - | - | - | - | - | 50.00 |")
 
 
 def test_write_json_writes_nan_as_null_at_any_depth(tmp_path):
@@ -583,7 +584,11 @@ def test_write_report_by_hand_copies_images_in(tmp_path):
                                images=[str(elsewhere), inside], extra_sections=[("Notes", "body text")])
     assert path == out / "report.md"
     assert path.read_text() == (
-        "# Probe\n\n- first note\n- second\n\n## Results\n\n" + report.markdown_table(ROWS) + "\n\n"
+        "# Probe\n\n- first note\n- second\n\n## Results\n\n"
+        "| method | checkpoint | arch | modality | stage | top-1 | top-5 |\n|---|---|---|---|---|---|---|\n"
+        "| linear | a.pt | resnet8 | rgb | embedding | 12.50 | - |\n"
+        "| dense | random-init | wrn | depth | 2 | nan | 100.00 |"
+        "\n\n"
         "## Notes\n\nbody text\n\n## Plots\n\n![loss](loss.png)\n\n![iou](iou.png)\n")
     assert (out / "loss.png").read_bytes() == b"png bytes" and inside.read_bytes() == b"already here"
     bare = report.write_report(tmp_path / "new" / "dir", "T", [])
