@@ -699,6 +699,11 @@ def test_fit_linear_probe_init_does_not_depend_on_the_global_rng_and_no_label_is
         fit_linear_probe(features, labels, 3, optim, seed=5)
         after.append(torch.rand(4))
     assert not torch.equal(*after)
+    # ... and leaves the global stream where it was: building the head (nn.Linear's own init) happens in the fork too
+    torch.manual_seed(13)
+    state = torch.get_rng_state()
+    fit_linear_probe(features, labels, 3, optim, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
     with pytest.raises(DataError) as err:
         fit_linear_probe(features, torch.full((12,), -1), 3, optim)
     assert str(err.value) == "linear probe: the training split has no labelled sample"

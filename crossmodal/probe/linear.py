@@ -57,8 +57,8 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         raise DataError("linear probe: the training split has no labelled sample")
     x, y = features[mask].float().to(device), labels[mask].long().to(device)
     generator = torch.Generator().manual_seed(seed)
-    probe = LinearProbe(x.shape[1], num_classes)
-    with torch.random.fork_rng(devices=[]):  # the head's init is seeded without touching the global RNG
+    with torch.random.fork_rng(devices=[]):  # the head is built and its init seeded without touching the global RNG
+        probe = LinearProbe(x.shape[1], num_classes)  # (nn.Linear's own init draws from the global RNG)
         torch.manual_seed(seed)
         probe.linear.reset_parameters()
     probe.to(device)
