@@ -128,6 +128,21 @@ def test_cc_gaussian_loss_is_the_mean_squared_difference_of_taylor_rbf_correlati
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_cc_gaussian_defaults_are_the_papers_gamma_0_4_and_order_2():
+    # Taylor series of exp(-gamma ||x - y||^2) for unit x, y: sum_p exp(-2 gamma) (2 gamma c)^p / p!, by hand.
+    def kernel(points, gamma=0.4, order=2):
+        units = [(x / math.hypot(x, y), y / math.hypot(x, y)) for x, y in points]
+        cos = [[a[0] * b[0] + a[1] * b[1] for b in units] for a in units]
+        return [[sum(math.exp(-2 * gamma) * (2 * gamma * c) ** p / math.factorial(p) for p in range(order + 1))
+                 for c in row] for row in cos]
+
+    k_s, k_t = kernel(CC_S), kernel(CC_T)
+    expected = sum((k_s[i][j] - k_t[i][j]) ** 2 for i in range(3) for j in range(3)) / 9
+    cc = identity_heads(build_distiller("cc", shape_spec([], []), feat_dim=2, correlation="gaussian"))
+    loss = cc(out(embedding=torch.tensor(CC_S)), out(embedding=torch.tensor(CC_T)), {})
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 class Scale(nn.Module):
     """x -> factor * x: a stand-in for a trained paraphraser or translator with a known output."""
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from crossmodal.errors import ConfigError
 from crossmodal.losses import DistillSpec, build_distiller, get_distiller, list_distillers, output_shapes
-from crossmodal.losses.ab import boundary_loss
+from crossmodal.losses.ab import boundary_loss, connector
 from crossmodal.losses.at import attention_map
 from crossmodal.losses.cc import consecutive_correlation_loss, rbf_correlation
 from crossmodal.losses.fitnet import hint_regressor
@@ -21,7 +21,8 @@ from crossmodal.losses.ft import normalized_factor
 from crossmodal.losses.kd import KnowledgeDistillation
 from crossmodal.losses.nst import polynomial_mmd
 from crossmodal.losses.pkt import cosine_conditional_probabilities
-from crossmodal.losses.stages import last_stages
+from crossmodal.losses.rkd import normalized_distances, pairwise_distances
+from crossmodal.losses.stages import last_stages, pool_to_smaller
 
 torch.set_num_threads(1)
 
@@ -555,3 +556,255 @@ def test_ft_is_zero_when_the_translator_reproduces_the_teachers_factor(pair):
     ft = build_distiller("ft", make_spec(student, student, in_s=1, in_t=1))
     ft.translator = copy.deepcopy(ft.paraphraser.encoder)
     assert ft(s_out, s_out, batch).item() == pytest.approx(0, abs=1e-7)
+
+
+# ---------------------------------------------------------------- settings, messages and helpers (mutation testing)
+
+def test_pool_to_smaller_by_hand_pools_the_larger_area_and_the_second_map_on_a_tie():
+    wide, pair_ = torch.tensor([1.0, 3.0, 2.0, 0.0]).view(1, 1, 1, 4), torch.tensor([5.0, 7.0]).view(1, 1, 1, 2)
+    a, b = pool_to_smaller(wide, pair_)  # first larger (1x4 against 1x2): first pooled, second kept
+    assert a.tolist() == [[[[2.0, 1.0]]]] and b is pair_
+    square = torch.tensor([[1.0, 2.0], [3.0, 6.0]]).view(1, 1, 2, 2)
+    a, b = pool_to_smaller(pair_, square)  # second larger (2x2 against 1x2): its column means
+    assert a is pair_ and b.tolist() == [[[[2.0, 4.0]]]]
+    a, b = pool_to_smaller(square, square.clone())  # same size: both returned as they are
+    assert a is square and b.shape == square.shape and torch.equal(b, square)
+    column = torch.tensor([1.0, 2.0, 3.0, 6.0]).view(1, 1, 4, 1)
+    a, b = pool_to_smaller(wide, column)  # equal areas (1x4, 4x1): the second is pooled to the first's size
+    assert a is wide and b.tolist() == [[[[3.0, 3.0, 3.0, 3.0]]]]
+
+
+def test_ce_label_smoothing_is_refused_at_1_and_below_0_with_the_whole_message():
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("ce", None, label_smoothing=bad)
+        assert str(error.value) == f"loss 'ce': label_smoothing must be in [0, 1), got {bad}"
+    assert [build_distiller("ce", None, label_smoothing=v).label_smoothing for v in (0, 0.999)] == [0.0, 0.999]
+
+
+def test_ab_boundary_counts_a_zero_teacher_activation_as_inactive():
+    # rho(t) = [t > 0]: at t = 0 the student is pushed below -margin: relu(1 + s)^2, not relu(1 - s)^2.
+    source, target = torch.tensor([0.3, -0.2]), torch.zeros(2)
+    assert boundary_loss(source, target, margin=1.0).item() == pytest.approx(1.3**2 + 0.8**2)
+
+
+def test_ab_connector_is_identity_or_the_regressor_conv_with_bn_and_says_why_not_whole():
+    assert isinstance(connector((4, 8, 8), (4, 8, 8)), nn.Identity)
+    conv, bn = connector((4, 8, 8), (6, 4, 4))  # twice the size: 3x3 stride-2 conv, then BN, no ReLU
+    assert isinstance(conv, nn.Conv2d) and (conv.kernel_size, conv.stride) == ((3, 3), (2, 2))
+    assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 6 and len(connector((4, 8, 8), (6, 4, 4))) == 2
+    with pytest.raises(ConfigError) as error:
+        connector((4, 8, 4), (6, 4, 8))  # larger along one axis, smaller along the other
+    assert str(error.value) == ("loss 'ab': cannot connect a 8x4 student stage to a 4x8 teacher stage; the student "
+                                "map must be at least as large or exactly half the size")
+
+
+def test_ab_settings_bounds_default_margin_and_stage_errors_name_ab():
+    shapes = output_shapes(TinyNet((2, 2)), 3, 4)  # stem + one stage, preact (2, 2, 2) after the stem
+    spec = DistillSpec(shapes, shapes, 1, 2)
+    for margin, epochs in ((-0.5, 30), (1.0, -1)):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("ab", spec, margin=margin, init_epochs=epochs)
+        assert str(error.value) == f"loss 'ab': need margin >= 0 and init_epochs >= 0 (got {margin}, {epochs})"
+    zero = build_distiller("ab", spec, margin=0, init_epochs=0)  # both bounds are inclusive
+    assert (zero.margin, zero.init_epochs) == (0.0, 0)
+    # The default margin is 1: one pair of (1, 2, 2, 2) maps, identity connector, weight 1, batch of 1.
+    ab = build_distiller("ab", spec)
+    s = [-0.5, 0.2, 2.0, 0.0, 1.5, -3.0, 0.9, -1.0]
+    t = [1.0, -1.0, 1.0, 0.0, -2.0, -1.0, 3.0, 1.0]
+    by_hand = sum(max(0.0, 1 - a) ** 2 if b > 0 else max(0.0, 1 + a) ** 2 for a, b in zip(s, t))
+    stem = torch.zeros(1, 2, 4, 4)
+    s_out = {"preact_features": [stem, torch.tensor(s).view(1, 2, 2, 2)], "logits": torch.zeros(1, 2)}
+    t_out = {"preact_features": [stem, torch.tensor(t).view(1, 2, 2, 2)]}
+    assert ab.init_loss(s_out, t_out, {}).item() == pytest.approx(3e-3 * by_hand, rel=1e-6)
+    message = "loss 'ab' needs at least one stage after the stem in both models (student has 1 feature maps, teacher 2)"
+    with pytest.raises(ConfigError) as error:
+        build_distiller("ab", DistillSpec(output_shapes(TinyNet((2,)), 3, 4), shapes, 1, 2))
+    assert str(error.value) == message
+    with pytest.raises(ConfigError) as error:  # outputs with fewer maps than the spec promised
+        ab.init_loss({"preact_features": [stem]}, t_out, {})
+    assert str(error.value) == message
+
+
+def test_cc_settings_bounds_and_defaults_with_whole_messages():
+    spec = make_spec(TinyNet((2, 4)), TinyNet((2, 8)))
+    with pytest.raises(ConfigError) as error:
+        build_distiller("cc", spec, correlation="pearson")
+    assert str(error.value) == "loss 'cc': correlation='pearson' is not one of 'consecutive', 'gaussian'"
+    for feat_dim, gamma, order in ((0, 0.4, 2), (128, 0, 2), (128, -0.1, 2), (128, 0.4, -1)):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("cc", spec, feat_dim=feat_dim, gamma=gamma, order=order)
+        assert str(error.value) == (f"loss 'cc': need feat_dim >= 1, gamma > 0 and order >= 0 "
+                                    f"(got {feat_dim}, {gamma}, {order})")
+    edge = build_distiller("cc", spec, feat_dim=1, gamma=1e-6, order=0, correlation="gaussian")  # smallest allowed
+    assert (edge.student_head.linear.out_features, edge.gamma, edge.order) == (1, 1e-6, 0)
+    default = build_distiller("cc", spec)
+    assert (default.student_head.linear.out_features, default.teacher_head.linear.out_features) == (128, 128)
+
+
+def maps_spec(s_maps, t_maps):
+    """DistillSpec from lists of (C, H, W) stage shapes (pre-activation maps the same)."""
+    from crossmodal.losses import OutputShapes
+
+    s = OutputShapes(features=list(s_maps), preact_features=list(s_maps), embedding=2, num_classes=2)
+    t = OutputShapes(features=list(t_maps), preact_features=list(t_maps), embedding=2, num_classes=2)
+    return DistillSpec(s, t, 4, 2)
+
+
+@pytest.mark.parametrize("name", ["nst", "vid"])
+def test_nst_and_vid_stage_errors_name_the_loss_whole(name):
+    message = (f"loss '{name}' needs at least one stage after the stem in both models "
+               "(student has 1 feature maps, teacher 2)")
+    with pytest.raises(ConfigError) as error:
+        build_distiller(name, maps_spec([(2, 2, 2)], [(2, 2, 2), (2, 2, 2)]))
+    assert str(error.value) == message
+    distiller, stem = build_distiller(name, maps_spec([(2, 2, 2)] * 2, [(2, 2, 2)] * 2)), torch.zeros(1, 2, 2, 2)
+    with pytest.raises(ConfigError) as error:  # outputs with fewer maps than the spec promised
+        distiller(out([stem]), out([stem, stem]), {})
+    assert str(error.value) == message
+
+
+def test_rkd_pairwise_and_normalised_distances_by_hand_below_1():
+    # Distances 0.5, 0.3, 0.4 (all below 1, mean 0.4 over the 6 ordered pairs): an eps or a clamp of 1 would show;
+    # 0.3 and 0.4 are not exact in bfloat16, so a Gram matrix computed in bfloat16 would too.
+    x = torch.tensor([[0.0, 0.0], [0.3, 0.4], [0.3, 0.0]])
+    by_hand = [[0.0, 0.5, 0.3], [0.5, 0.0, 0.4], [0.3, 0.4, 0.0]]
+    d = pairwise_distances(x)
+    assert d.tolist() == [pytest.approx(row, rel=1e-6) for row in by_hand]
+    assert d.diagonal().tolist() == [0.0, 0.0, 0.0]  # exact zeros, not sqrt(eps)
+    normalised = normalized_distances(x).tolist()
+    assert normalised == [pytest.approx([v / 0.4 for v in row], rel=1e-6) for row in by_hand]
+
+
+def test_rkd_weights_must_not_be_negative_and_the_message_is_whole():
+    for distance_weight, angle_weight in ((-1.0, 50.0), (25.0, -0.5)):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("rkd", None, distance_weight=distance_weight, angle_weight=angle_weight)
+        assert str(error.value) == f"loss 'rkd': weights must be >= 0 (got {distance_weight}, {angle_weight})"
+    rkd = build_distiller("rkd", None, distance_weight=0, angle_weight=0)
+    assert (rkd.distance_weight, rkd.angle_weight) == (0.0, 0.0)
+
+
+def vid_one_stage(**params):
+    """VID on one pair of (2, 1, 2) stage maps (after a stem), with the regressor's 1x1 convs set by hand."""
+    vid = build_distiller("vid", maps_spec([(2, 1, 2)] * 2, [(2, 1, 2)] * 2), **params)
+    regressor = vid.regressors[0]
+    weights = ([[1.0, -1.0], [0.5, 2.0]], [[1.0, -1.0], [-1.0, 1.0]], [[2.0, 1.0], [0.0, -1.0]])
+    convs = [m for m in regressor.mean if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for conv, w in zip(convs, weights):
+            conv.weight.copy_(torch.tensor(w).view(2, 2, 1, 1))
+    return vid, convs, weights
+
+
+def test_vid_regressor_mean_and_variance_by_hand():
+    # mu = W3 relu(W2 relu(W1 s)) per position (1x1 convs, no bias); both ReLUs cut a negative entry here.
+    def layer(w, v):  # v: [channel][position]
+        return [[sum(w[o][i] * v[i][p] for i in range(2)) for p in range(2)] for o in range(2)]
+
+    relu = lambda v: [[max(0.0, a) for a in row] for row in v]  # noqa: E731
+    s, t = [[1.0, -2.0], [0.5, 1.0]], [[0.5, 2.0], [-1.0, 0.0]]
+    vid, convs, (w1, w2, w3) = vid_one_stage(init_pred_var=2.0, eps=0.5)  # variance 2 = softplus(alpha) + 0.5
+    assert all(conv.bias is None for conv in convs) and len(convs) == 3
+    mu = layer(w3, relu(layer(w2, relu(layer(w1, s)))))
+    assert mu == [[1.0, 1.0], [-1.0, -1.0]]
+    variance = 2.0
+    expected = sum(0.5 * ((t[c][p] - mu[c][p]) ** 2 / variance + math.log(variance))
+                   for c in range(2) for p in range(2)) / 4
+    stem = torch.zeros(1, 2, 1, 2)
+    as_map = lambda v: torch.tensor(v).view(1, 2, 1, 2)  # noqa: E731
+    loss = vid(out([stem, as_map(s)]), out([stem, as_map(t)]), {})
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_vid_defaults_start_at_variance_5_with_a_floor_of_1e_5():
+    vid, convs, _ = vid_one_stage()
+    nn.init.zeros_(convs[-1].weight)  # mu = 0
+    t = [[0.5, 2.0], [-1.0, 0.0]]
+    mean_square = sum(v * v for row in t for v in row) / 4
+    stem, t_map = torch.zeros(1, 2, 1, 2), torch.tensor(t).view(1, 2, 1, 2)
+    s_map = torch.ones(1, 2, 1, 2)
+    loss = vid(out([stem, s_map]), out([stem, t_map]), {})
+    assert loss.item() == pytest.approx(0.5 * (mean_square / 5.0 + math.log(5.0)), rel=1e-6)
+    with torch.no_grad():
+        vid.regressors[0].alpha.fill_(-60.0)  # softplus ~ 1e-26: the variance is the eps floor alone
+    loss = vid(out([stem, s_map]), out([stem, t_map]), {})
+    assert loss.item() == pytest.approx(0.5 * (mean_square / 1e-5 + math.log(1e-5)), rel=1e-6)
+
+
+def test_vid_needs_init_pred_var_above_eps_above_0_and_says_so_whole():
+    spec = maps_spec([(2, 1, 2)] * 2, [(2, 1, 2)] * 2)
+    for init_pred_var, eps in ((1e-5, 1e-5), (0.5, 1.0), (5.0, 0.0), (5.0, -1e-5)):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("vid", spec, init_pred_var=init_pred_var, eps=eps)
+        assert str(error.value) == f"loss 'vid': need init_pred_var > eps > 0 (got {init_pred_var}, {eps})"
+    vid = build_distiller("vid", spec, init_pred_var=2e-5, eps=1e-5)  # just above eps
+    regressor = vid.regressors[0]
+    assert (torch.nn.functional.softplus(regressor.alpha) + regressor.eps).tolist() == pytest.approx([2e-5] * 2)
+
+
+def layers(module):
+    """What each layer of a sequential module is, for comparing with the reference architecture."""
+    described = []
+    for m in module:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            kind = "convT" if isinstance(m, nn.ConvTranspose2d) else "conv"
+            described.append((kind, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                              m.bias is not None))
+        elif isinstance(m, nn.BatchNorm2d):
+            described.append(("bn", m.num_features))
+        elif isinstance(m, nn.LeakyReLU):
+            described.append(("leaky", m.negative_slope))
+        else:
+            described.append((type(m).__name__,))
+    return described
+
+
+def test_ft_paraphraser_and_translator_are_the_reference_layers_at_the_default_rate():
+    # Teacher's last stage 8 channels, default rate 0.5 -> 4 factor channels; student's 3 channels.
+    ft = build_distiller("ft", maps_spec([(3, 4, 4)], [(8, 4, 4)]))
+    conv = lambda kind, a, b: (kind, a, b, (3, 3), (1, 1), (1, 1), True)  # noqa: E731
+    leaky = ("leaky", 0.1)
+    assert layers(ft.paraphraser.encoder) == [conv("conv", 8, 8), leaky, conv("conv", 8, 4), leaky,
+                                              conv("conv", 4, 4), leaky]
+    assert layers(ft.paraphraser.decoder) == [conv("convT", 4, 4), leaky, conv("convT", 4, 8), leaky,
+                                              conv("convT", 8, 8), leaky]
+    assert layers(ft.translator) == [conv("conv", 3, 3), ("bn", 3), leaky, conv("conv", 3, 4), ("bn", 4), leaky,
+                                     conv("conv", 4, 4), ("bn", 4), leaky]
+    x = torch.randn(2, 8, 4, 4)
+    assert ft.paraphraser.encoder(x).shape == (2, 4, 4, 4) and ft.paraphraser(x).shape == x.shape
+    assert ft.translator(torch.randn(2, 3, 4, 4)).shape == (2, 4, 4, 4)
+    assert ft.init_epochs == 30 and ft.factor_form == "attention"
+
+
+def test_ft_settings_bounds_with_whole_messages():
+    spec = maps_spec([(3, 4, 4)], [(8, 4, 4)])
+    with pytest.raises(ConfigError) as error:
+        build_distiller("ft", spec, factor_form="map")
+    assert str(error.value) == "loss 'ft': factor_form='map' is not one of 'attention', 'flat'"
+    for rate, epochs, channels in ((0.1, 30, 0), (0.5, -1, 4)):
+        with pytest.raises(ConfigError) as error:
+            build_distiller("ft", spec, rate=rate, init_epochs=epochs)
+        assert str(error.value) == (f"loss 'ft': rate {rate} leaves {channels} factor channels of the teacher's 8, "
+                                    f"and init_epochs ({epochs}) must be >= 0")
+    smallest = build_distiller("ft", spec, rate=0.125, init_epochs=0)  # one factor channel, no init stage
+    assert smallest.translator[-3].out_channels == 1 and smallest.init_epochs == 0
+
+
+def test_ft_reference_init_lr_is_0_01_for_cifar_resnet_and_wrn_students_only():
+    ft = build_distiller("ft", maps_spec([(3, 4, 4)], [(8, 4, 4)]))
+    assert [ft.reference_init_lr(arch, 0.05) for arch in ("resnet8x4", "wrn_16_2", "mobilenetv2", "vgg8")] == \
+        [0.01, 0.01, 0.05, 0.05]
+
+
+def test_fsp_needs_two_maps_and_a_non_negative_init_epochs_whole():
+    with pytest.raises(ConfigError) as error:
+        build_distiller("fsp", maps_spec([(2, 2, 2)], [(2, 2, 2)]))
+    assert str(error.value) == ("loss 'fsp' compares FSP matrices entry by entry and needs >= 2 stage maps with the "
+                                "same channels in both models; student has [2], teacher [2] (use at, sp or crd instead)")
+    spec = maps_spec([(2, 2, 2), (3, 1, 1)], [(2, 2, 2), (3, 1, 1)])  # exactly two maps: one pair
+    assert build_distiller("fsp", spec).init_epochs == 30
+    assert build_distiller("fsp", spec, init_epochs=0).init_epochs == 0
+    with pytest.raises(ConfigError) as error:
+        build_distiller("fsp", spec, init_epochs=-1)
+    assert str(error.value) == "loss 'fsp': init_epochs must be >= 0, got -1"
