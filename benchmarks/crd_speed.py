@@ -7,7 +7,8 @@ feat_dim 128, N 50000 rows (CIFAR-100 sized, 100 balanced classes), for K = 4096
 - "reference": the reference code's algorithm, done the way it does it: each sample's K negatives drawn
   with numpy in the data pipeline (np.random.choice over the other classes' rows, without replacement when
   K fits), the (B, K+1) index block sent to the device, then index_select + bmm, Z read back with .item();
-- ours, per-sample negatives drawn without replacement like the reference (the default) or i.i.d.
+- ours, per-sample negatives drawn without replacement like the reference (the default: on a CPU numpy's
+  choice from per-anchor seeds; on a CPU also the devices' draw, keys + topk, for comparison) or i.i.d.
   (`replacement: true`), scoring all rows with one matmul or gathering (B, K, D) rows like the reference;
 - ours, one shared set of K negatives per batch.
 Part 2 times a whole training step resnet32x4 -> resnet8x4 (batch 64, 32 px, K 16384): student alone (CE),
@@ -192,12 +193,18 @@ def loss_alone(args, device, k):
         return step
 
     steps = {"reference (numpy per-sample sampling + gather + bmm)": reference_step}
-    for name, params, all_rows in (("ours, per_sample without replacement (default), all-rows matmul", {}, True),
-                                   ("ours, per_sample, replacement: true, all-rows matmul", {"replacement": True}, True),
-                                   ("ours, per_sample without replacement, gathered rows", {}, False),
-                                   ("ours, shared", {"negatives": "shared"}, None)):
+    for name, params, all_rows, method in (
+            ("ours, per_sample without replacement (default), all-rows matmul", {}, True, None),
+            ("ours, per_sample without replacement drawn by keys + topk (a device's draw), all-rows matmul", {},
+             True, "keys"),
+            ("ours, per_sample, replacement: true, all-rows matmul", {"replacement": True}, True, None),
+            ("ours, per_sample without replacement, gathered rows", {}, False, None),
+            ("ours, shared", {"negatives": "shared"}, None, None)):
+        if method is not None and method == ("keys" if device.type != "cpu" else "seeds"):
+            continue  # the device's own draw: the default row already times it
         crd = CRDLoss(crd_spec(args.num_rows, labels), feat_dim=128, nce_k=k, **params).to(device)
         crd.memory_student.score_all_rows = crd.memory_teacher.score_all_rows = all_rows
+        crd.draw_method = method
         steps[name] = our_step(crd)
     results = time_interleaved(steps, device, args.steps, args.warmup)
     return [(name, ms, statistics.median(sample_ms) if name.startswith("reference") else None, peak)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -371,14 +372,18 @@ def test_iid_relax_sampling_never_draws_the_anchor_and_reaches_every_other_row()
         assert set(negatives[i].tolist()) == set(range(100)) - {row}
 
 
-def test_default_sampling_draws_distinct_rows_of_other_classes_each_with_probability_k_over_candidates():
+DISTINCT_METHODS = ["seeds", "keys"]  # the CPU's and the devices' draw without replacement (sample_negatives)
+
+
+@pytest.mark.parametrize("method", DISTINCT_METHODS)
+def test_default_sampling_draws_distinct_rows_of_other_classes_each_with_probability_k_over_candidates(method):
     """The reference's draw: per anchor, K distinct rows out of its candidates (np.random.choice, replace=False),
     so every candidate is in an anchor's set with probability K / candidates."""
     labels = make_labels(num_rows=1000, num_classes=10, unlabeled=50)
     classes = ClassIndex(labels, 10)
     anchors = torch.nonzero(labels == 3).flatten()[:64].repeat(8)  # 512 anchors of class 3
     torch.manual_seed(0)
-    negatives = sample_negatives(anchors, 300, 1000, classes)  # (512, 300)
+    negatives = sample_negatives(anchors, 300, 1000, classes, method=method)  # (512, 300)
     assert negatives.shape == (512, 300) and negatives.dtype == torch.long
     assert all(len(set(row)) == 300 for row in negatives.tolist())  # no repeats within an anchor's set
     assert not (labels[negatives] == 3).any()
@@ -389,44 +394,48 @@ def test_default_sampling_draws_distinct_rows_of_other_classes_each_with_probabi
     assert (counts[~others] == 0).all() and (counts[others] - expected).abs().max() < 6 * sd
 
 
-def test_default_sampling_is_a_uniform_subset():
+@pytest.mark.parametrize("method", DISTINCT_METHODS)
+def test_default_sampling_is_a_uniform_subset(method):
     """Candidates {0, 1, 2, 4} (relax, anchor 3, N 5), K 2: each of the 6 pairs with probability 1/6."""
     torch.manual_seed(1)
-    negatives = sample_negatives(torch.full((6000,), 3), 2, 5)  # (6000, 2)
+    negatives = sample_negatives(torch.full((6000,), 3), 2, 5, method=method)  # (6000, 2)
     pairs = [tuple(sorted(row)) for row in negatives.tolist()]
     assert set(pairs) == {(0, 1), (0, 2), (0, 4), (1, 2), (1, 4), (2, 4)}
     expected, sd = 1000, math.sqrt(6000 * (1 / 6) * (5 / 6))
     assert all(abs(pairs.count(pair) - expected) < 6 * sd for pair in set(pairs))
 
 
-def test_default_sampling_with_more_draws_than_candidates_takes_every_candidate():
+@pytest.mark.parametrize("method", DISTINCT_METHODS)
+def test_default_sampling_with_more_draws_than_candidates_takes_every_candidate(method):
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    negatives = sample_negatives(torch.tensor([0, 3]), 4, 6, ClassIndex(labels, 3))  # 3 and 4 candidates
+    negatives = sample_negatives(torch.tensor([0, 3]), 4, 6, ClassIndex(labels, 3), method=method)  # 3 and 4
     assert set(negatives[0].tolist()) == {3, 4, 5} and sorted(negatives[1].tolist()) == [0, 1, 2, 5]
 
 
-def test_rank_slices_of_distinct_draws_equal_the_global_draw():
-    labels = make_labels(num_rows=300, num_classes=4, unlabeled=0)
+@pytest.mark.parametrize("method", DISTINCT_METHODS)
+def test_rank_slices_of_distinct_draws_equal_the_global_draw(method):
+    labels = make_labels(num_rows=300, num_classes=4, unlabeled=7)  # unequal spans: classes and unlabeled rows
     classes, index = ClassIndex(labels, 4), torch.arange(8) * 30
     torch.manual_seed(3)
-    whole = sample_negatives(index, 50, 300, classes)
+    whole = sample_negatives(index, 50, 300, classes, method=method)
     parts = []
     for rank in range(2):
         torch.manual_seed(3)
-        parts.append(sample_negatives(index[rank * 4:(rank + 1) * 4], 50, 300, classes, rank=rank, world=2))
+        parts.append(sample_negatives(index[rank * 4:(rank + 1) * 4], 50, 300, classes, rank=rank, world=2,
+                                      method=method))
     assert torch.equal(torch.cat(parts), whole)
 
 
-@pytest.mark.parametrize("replacement", [False, True])
-def test_sampling_draws_from_the_generator_given_and_ranks_slice_one_draw(replacement):
+@pytest.mark.parametrize("replacement, method", [(False, "seeds"), (False, "keys"), (True, None)])
+def test_sampling_draws_from_the_generator_given_and_ranks_slice_one_draw(replacement, method):
     """A seeded generator gives the same rows again and leaves the global RNG alone; on 2 ranks each rank's rows
-    are its slice of the one-process draw (both the distinct and the i.i.d. path)."""
+    are its slice of the one-process draw (both distinct paths and the i.i.d. one)."""
     labels = make_labels(num_rows=300, num_classes=4, unlabeled=0)
     classes, index = ClassIndex(labels, 4), torch.arange(8) * 30
 
     def draw(seed, **kw):
         return sample_negatives(index[kw.pop("rows", slice(None))], 50, 300, classes, replacement=replacement,
-                                generator=torch.Generator().manual_seed(seed), **kw)
+                                generator=torch.Generator().manual_seed(seed), method=method, **kw)
 
     torch.manual_seed(0)
     state = torch.get_rng_state()
@@ -525,9 +534,27 @@ def test_draws_follow_the_generator_given_and_consume_only_their_own_block():
     first, second = uniform_draws(2, 5, "cpu", generator=g), uniform_draws(2, 5, "cpu", generator=g)
     assert torch.equal(torch.cat([first, second]), torch.rand(4, 5, dtype=torch.float64, generator=seeded()))
     g, index = seeded(), torch.tensor([0, 5])
-    sample_negatives(index, 3, 10, generator=g)
+    sample_negatives(index, 3, 10, generator=g, method="keys")
     keys = torch.rand(4, 9, generator=seeded())  # relax keys are N - 1 wide
-    assert torch.equal(sample_negatives(index, 3, 10, generator=g), negatives_from_keys(keys[2:], index, 10, 3))
+    assert torch.equal(sample_negatives(index, 3, 10, generator=g, method="keys"),
+                       negatives_from_keys(keys[2:], index, 10, 3))
+    # The CPU's draw: one seed per anchor from the stream (the second call takes the next two), then numpy's
+    # choice without replacement from a PCG64 generator of that seed, over the anchor's span, past its own row.
+    g = seeded()
+    sample_negatives(index, 3, 10, generator=g, method="seeds")
+    seeds = torch.randint(0, 2**62, (4,), generator=seeded())[2:].tolist()
+    by_hand = []
+    for seed, anchor in zip(seeds, index.tolist()):
+        picked = np.random.default_rng(seed).choice(9, 3, replace=False, shuffle=False)
+        by_hand.append([int(p) + (p >= anchor) for p in picked])
+    assert sample_negatives(index, 3, 10, generator=g, method="seeds").tolist() == by_hand
+    # Which draw a CPU makes by default: keys below 4,096 candidates (their fixed cost per anchor is less),
+    # seeds from 4,096 up.
+    for num_rows, method in ((4096, "keys"), (4097, "seeds")):  # relax: N - 1 candidates
+        default = sample_negatives(index, 3, num_rows, generator=seeded())
+        assert torch.equal(default, sample_negatives(index, 3, num_rows, generator=seeded(), method=method))
+    with pytest.raises(ConfigError, match=r"^crd: method='sort' is not one of 'seeds', 'keys'$"):
+        sample_negatives(index, 3, 10, method="sort")
 
 
 def test_uniform_edges_map_inside_the_allowed_rows():

@@ -34,10 +34,13 @@ Sampling (`mode`): "exact" draws negatives uniformly from rows of other classes 
 "relax" draws uniformly from every row but the anchor's own, and needs no labels. Note that RepDistiller's
 own "relax" differs (it also swaps the positive for a random same-class row); ours keeps the anchor's row.
 In "exact", anchors whose training label is -1 (unlabeled) fall back to "relax".
-Per anchor, the K negatives are distinct, drawn without replacement as the reference draws them (random keys
-over the candidates, the K smallest kept: O(B x N) per step); `replacement=True` draws them i.i.d. with
-replacement instead (O(B x K): the option for ImageNet-sized N, where B x N keys are 1.3 GB per step at batch
-256; at K/N = 0.36, CIFAR's setting, about 16 % of a sample's draws are then repeats).
+Per anchor, the K negatives are distinct, drawn without replacement as the reference draws them: on a CPU by
+numpy's choice without replacement (the reference's own draw), one PCG64 generator per anchor seeded from the
+torch stream (O(K) per anchor); on a device by random keys over the candidates, the K smallest kept (O(B x N)
+per step, batched kernels a captured step replays). Same distribution, other rows for the same seed
+(contrast_memory.sample_negatives). `replacement=True` draws them i.i.d. with replacement instead (O(B x K):
+the option for ImageNet-sized N, where B x N keys are 1.3 GB per step at batch 256; at K/N = 0.36, CIFAR's
+setting, about 16 % of a sample's draws are then repeats).
 `negatives="shared"` draws one set of K rows for the whole batch (uniform over all rows) and masks, per
 anchor, its own row and (in "exact") its class's rows; the scores become one (B, D) x (D, K) matmul.
 The NCE keeps the K/N noise ratio, so an "exact" anchor sees about K (1 - n_c / N) negatives.
@@ -140,6 +143,7 @@ class CRDLoss(Distiller):
         if not isinstance(replacement, bool):
             raise ConfigError(f"crd: replacement={replacement!r} must be true or false")
         self.replacement = replacement
+        self.draw_method = None  # sample_negatives' `method` (None: by the device); benchmarks set it to compare
 
         self.embed_student = EmbedHead(spec.student.embedding, self.feat_dim)
         self.embed_teacher = EmbedHead(spec.teacher.embedding, self.feat_dim)
@@ -187,7 +191,7 @@ class CRDLoss(Distiller):
             return sample_shared_negatives(self.nce_k, self.num_rows, index.device)
         rank, world = rank_and_world()
         return sample_negatives(index, self.nce_k, self.num_rows, self.classes, rank=rank, world=world,
-                                replacement=self.replacement)
+                                replacement=self.replacement, method=self.draw_method)
 
     def forward(self, s_out: dict, t_out: dict, batch: dict, negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scalar CRD loss for the batch; `negatives` (B, K) or (K,) overrides the sampling (tests, benchmarks)."""
