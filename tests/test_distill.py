@@ -191,6 +191,31 @@ def test_init_stage_runs_first_and_only_trains_what_it_names(tmp_path, prepared,
         assert torch.equal(v, teacher_before[k])
 
 
+def test_init_stage_task_total_is_the_sum_of_each_losses_init_loss_and_ddp_finds_unused_parameters(
+        tmp_path, prepared, rgb_teacher):
+    """The init stage's total adds every named loss's init_loss (each computed on its own here) from 0, logs each
+    as init_<name>, and lets DDP find the parameters a stage leaves without gradient (the student's, for FT)."""
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "ab": 1.0, "fsp": 50.0})
+    from crossmodal.tasks.distill import InitStageTask, build_distill_datasets, build_distill_task
+
+    train, _ = build_distill_datasets(cfg)
+    task = build_distill_task(cfg, train).eval()
+    stage = InitStageTask(task, ["ab", "fsp"], True)
+    batch = {k: torch.stack([train[i][k] for i in range(6)]) for k in ("rgb", "label", "index")}
+    total, terms, logits = stage(batch)
+    with torch.no_grad():
+        s_out, t_out = task.model(batch["rgb"]), task.teacher_outputs(batch)[0]
+        ab = task.losses["ab"][0].init_loss(s_out, t_out, batch).item()
+        fsp = task.losses["fsp"][0].init_loss(s_out, t_out, batch).item()
+    assert min(ab, fsp) > 1e-6  # both count, so a sign or a start other than 0 shows
+    assert sorted(terms) == ["init_ab", "init_fsp"]
+    assert terms["init_ab"].item() == pytest.approx(ab, rel=1e-5)
+    assert terms["init_fsp"].item() == pytest.approx(fsp, rel=1e-5)
+    assert total.item() == pytest.approx(ab + fsp, rel=1e-5)
+    assert torch.equal(logits, s_out["logits"])
+    assert stage.ddp_find_unused_parameters is True and stage.trains_student is True
+
+
 @pytest.mark.parametrize("memory_dtype", ["float32", "float16"])
 def test_resume_after_interruption_matches_uninterrupted_crd_run(tmp_path, prepared, rgb_teacher, memory_dtype):
     losses, params = {"ce": 1.0, "crd": 0.8}, {"crd": {"nce_k": 16, "memory_dtype": memory_dtype}}
