@@ -21,6 +21,7 @@ follows them).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -302,12 +303,19 @@ def main(argv=None):
              f"N {args.num_rows}", "",
              "| K | variant | ms/step | of which numpy sampling | speed-up vs reference | peak MiB |",
              "|---|---|---|---|---|---|"]
+    record = {"command": lines[2].split("`")[1], "machine": machine_line(device), "load": args.note,
+              "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "num_rows": args.num_rows,
+              "loss_alone": [], "training_step": None}
     for k in args.ks:
         rows = loss_alone(args, device, k)
         reference_ms = rows[0][1]
         for name, ms, sample_ms, peak in rows:
             sampling = f"{sample_ms:.1f}" if sample_ms is not None else "-"
             lines.append(f"| {k} | {name} | {ms:.1f} | {sampling} | {reference_ms / ms:.2f}x | {peak:.0f} |")
+            record["loss_alone"].append({"k": k, "variant": name, "ms_per_step": round(ms, 3),
+                                         "reference_sampling_ms": None if sample_ms is None else round(sample_ms, 3),
+                                         "speedup_vs_reference": round(reference_ms / ms, 3),
+                                         "peak_mib": round(peak, 1)})
             print(lines[-1], flush=True)
     if not args.skip_models:
         rows = whole_steps(args, device)
@@ -318,12 +326,16 @@ def main(argv=None):
         else:
             kd_ms = rows[1][1]
             lines += ["| setting | ms/step | vs +KD | peak MiB |", "|---|---|---|---|"]
+            record["training_step"] = [{"setting": name, "ms_per_step": round(ms, 3),
+                                        "vs_kd": round(ms / kd_ms, 3), "peak_mib": round(peak, 1)}
+                                       for name, ms, peak in rows]
             for name, ms, peak in rows:
                 lines.append(f"| {name} | {ms:.1f} | {ms / kd_ms:.2f}x | {peak:.0f} |")
                 print(lines[-1], flush=True)
     report = "\n".join(lines) + "\n"
     if args.out:
         atomic_write_text(args.out, report)
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     else:
         print(report)
 

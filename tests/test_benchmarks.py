@@ -402,3 +402,24 @@ def test_teacher_table_shows_short_trainings_in_seconds_and_a_gpu_run_names_its_
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert common.machine_line("cuda") == f"NVIDIA H200 (host: {common.machine_line()})"
     assert common.machine_line("cuda:0").startswith("NVIDIA H200 (host: ")
+
+
+def test_crd_speed_writes_its_table_and_the_same_numbers_as_json(tmp_path):
+    """benchmarks/crd_speed.py on a tiny setting: every variant of the loss-alone table (the CPU's default draw and
+    the devices' keys + topk among them) is in the markdown and in the JSON beside it, with the same numbers."""
+    import json
+
+    out = tmp_path / "crd.md"
+    subprocess.run([sys.executable, "benchmarks/crd_speed.py", "--threads", "1", "--ks", "16", "--num-rows", "200",
+                    "--batch-size", "8", "--skip-models", "--steps", "2", "--warmup", "1", "--note", "test",
+                    "--out", str(out)], cwd=common.REPO, check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = json.loads(out.with_suffix(".json").read_text())
+    report = out.read_text()
+    assert record["load"] == "test" and record["num_rows"] == 200 and record["training_step"] is None
+    variants = [row["variant"] for row in record["loss_alone"]]
+    assert variants[0].startswith("reference") and len(variants) == 6
+    assert any("keys + topk" in v for v in variants)
+    for row in record["loss_alone"]:
+        assert f"| 16 | {row['variant']} | {row['ms_per_step']:.1f} |" in report
+        assert row["ms_per_step"] > 0 and row["speedup_vs_reference"] > 0
