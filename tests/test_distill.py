@@ -332,3 +332,57 @@ def test_student_pretrained_needs_a_timm_model_and_reaches_timm(tmp_path, prepar
     with pytest.raises(ConfigError, match="could not load pretrained weights for timm:resnet18"):
         run_distill(cfg)
     assert asked == [True]
+
+
+def test_distill_task_flags_checkpoint_meta_notes_and_teacher_outputs_by_hand():
+    """DistillTask's flags for each mix of losses, its checkpoint meta, start notes and teacher outputs, on a bare
+    task (a linear student, stand-in teachers), without the data or a trained teacher."""
+    from types import SimpleNamespace
+
+    from crossmodal.losses import build_distiller
+    from crossmodal.losses.base import Distiller
+    from crossmodal.tasks.distill import DistillTask
+
+    class Stage(Distiller):  # a loss with an init stage of `epochs` epochs and a note
+        needs_teacher = False
+
+        def __init__(self, epochs=0, note=None):
+            super().__init__(None)
+            self.init_epochs, self.note = epochs, note
+
+        def state_note(self):
+            return self.note
+
+    def task(losses, weights=None, teachers=()):
+        return DistillTask(torch.nn.Linear(2, 2), None, list(teachers),
+                           {n: torch.nn.ModuleList([m]) for n, m in losses.items()},
+                           weights or {n: 1.0 for n in losses}, set())
+
+    ce, kd, rkd = build_distiller("ce", None), build_distiller("kd", None), build_distiller("rkd", None)
+    # Best by accuracy only when a loss that trains the head has a weight above 0.
+    assert task({"ce": ce, "rkd": rkd}).select_best_by_accuracy
+    assert not task({"ce": ce, "rkd": rkd}, {"ce": 0.0, "rkd": 1.0}).select_best_by_accuracy
+    assert not task({"rkd": rkd}).select_best_by_accuracy
+    # DDP looks for unused parameters only when a loss has an init stage of at least one epoch.
+    assert task({"a": Stage(1), "b": Stage(0)}).ddp_find_unused_parameters is True
+    assert task({"a": Stage(0), "rkd": rkd}).ddp_find_unused_parameters is False
+    # Capturable only when every loss is.
+    assert task({"ce": ce, "kd": kd}).capturable is True
+    assert task({"ce": ce, "rkd": rkd}).capturable is False
+    # Notes of the losses that have one, in order.
+    assert task({"a": Stage(note="first"), "b": Stage(), "c": Stage(note="third")}).start_notes() == ["first", "third"]
+    # Checkpoint meta: four keys of each teacher's meta (None when absent) and its modality; the weights.
+    weight = torch.nn.Parameter(torch.tensor(2.0))
+    teachers = [SimpleNamespace(meta={"path": "t.pt", "sha256": "ab12", "arch": "resnet8", "epoch": 3, "lr": 0.1},
+                                modality="rgb"),
+                SimpleNamespace(meta={"path": "u.pt", "arch": "vgg8"}, modality="L")]
+    distill = task({"ce": ce}, {"ce": 0.5}, teachers)
+    assert distill.checkpoint_meta() == {
+        "teachers": [{"path": "t.pt", "sha256": "ab12", "arch": "resnet8", "epoch": 3, "modality": "rgb"},
+                     {"path": "u.pt", "sha256": None, "arch": "vgg8", "epoch": None, "modality": "L"}],
+        "losses": {"ce": 0.5}}
+    # Teacher outputs: every teacher's, in order, without a graph.
+    callers = [lambda batch: {"logits": weight * batch["x"]}, lambda batch: {"logits": -weight * batch["x"]}]
+    outputs = task({"ce": ce}, teachers=callers).teacher_outputs({"x": torch.tensor([1.0, 3.0])})
+    assert [o["logits"].tolist() for o in outputs] == [[2.0, 6.0], [-2.0, -6.0]]
+    assert not any(o["logits"].requires_grad for o in outputs)
