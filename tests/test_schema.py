@@ -9,6 +9,7 @@ import pytest
 
 from conftest import make_prepared
 from crossmodal.data.dataset import PreparedDataset
+from crossmodal.data import schema
 from crossmodal.data.schema import is_encoded, open_prepared
 from crossmodal.errors import DataError
 from crossmodal.modalities import MODALITIES, Modality
@@ -83,9 +84,11 @@ BROKEN = {
     "derived without encoding": (set_json("derived", {"L": "rgb"}), "attribute 'derived' maps 'L' to 'rgb'; "
                                  "expected a modality derived from an encoded one (none is encoded)"),
     "label out of range": (replace_dataset("label", np.array([0, 1, 2, 4] * 10)),
-                           "train/label: label 4 is outside -1..3 (the file names 4 classes); re-run `crossmodal prepare`"),
+                           "train/label: label 4 is outside -1..3 (the file names 4 classes); "
+                           "re-run `crossmodal prepare`"),
     "label below -1": (replace_dataset("label", np.array([0, -2, 2, 3] * 10)),
-                       "train/label: label -2 is outside -1..3 (the file names 4 classes); re-run `crossmodal prepare`"),
+                       "train/label: label -2 is outside -1..3 (the file names 4 classes); "
+                       "re-run `crossmodal prepare`"),
     "label wrong only in row 0": (replace_dataset("label", np.array([9] + [0] * 39)),
                                   "train/label: label 9 is outside -1..3 (the file names 4 classes); "
                                   "re-run `crossmodal prepare`"),
@@ -186,6 +189,46 @@ def test_unlabelled_rows_an_empty_split_and_schema_1_are_valid(tmp_path):
     assert summary["splits"]["train"]["n"] == 40
 
 
+@pytest.mark.parametrize("rows, wrong, first", [
+    (40, {37: 4}, 4),  # the last of five full blocks of 8
+    (42, {41: -3}, -3),  # the partial sixth block (rows 40 and 41)
+    (42, {3: 6, 30: 9, 41: -2}, 6),  # the first wrong label is named, from the first block holding one
+    (42, {}, None),  # all labels in -1..3, -1 included
+])
+def test_labels_are_checked_block_by_block_to_the_last_row(tmp_path, monkeypatch, rows, wrong, first):
+    monkeypatch.setattr(schema, "LABEL_BLOCK", 8)
+    path = make_prepared(tmp_path, splits={"train": rows}, modalities=("L",), unlabeled=5)
+    labels = np.arange(rows) % 4
+    labels[[0, 10, 20]] = -1
+    for row, value in wrong.items():
+        labels[row] = value
+    with h5py.File(path, "r+") as f:
+        replace_dataset("label", labels)(f)
+    if first is None:
+        open_prepared(path)[0].close()
+        return
+    with pytest.raises(DataError) as error:
+        open_prepared(path)
+    assert str(error.value) == (f"{path}: train/label: label {first} is outside -1..3 (the file names 4 classes); "
+                                f"re-run `crossmodal prepare`")
+
+
+def test_a_group_where_a_dataset_belongs_is_a_data_error(tmp_path):
+    """A group named like a dataset once escaped open_prepared as an AttributeError ('Group' has no shape)."""
+    path = make_prepared(tmp_path)
+    for name, message in [
+            ("label", "train/label: must be a 1-D integer dataset, got Group"),
+            ("rgb", "damaged or not a prepared file (AttributeError: 'Group' object has no attribute 'ndim')")]:
+        copy = tmp_path / f"group-{name}.h5"
+        copy.write_bytes(path.read_bytes())
+        with h5py.File(copy, "r+") as f:
+            del f["train"][name]
+            f["train"].create_group(name)
+        with pytest.raises(DataError) as error:
+            open_prepared(copy)
+        assert str(error.value) == f"{copy}: {message}"
+
+
 def test_only_8_bit_3_channel_modalities_may_be_encoded(tmp_path, monkeypatch):
     monkeypatch.setitem(MODALITIES, "gray8", Modality("gray8", 1, "uint8", 1 / 255))
     monkeypatch.setitem(MODALITIES, "xyz", Modality("xyz", 3, "float32", 1.0))
@@ -244,7 +287,7 @@ def test_encoded_file_summary_has_each_splits_sizes_codecs_and_derived_modalitie
     assert summary["class_names"] == ["class0", "class1", "class2", "class3"] and set(summary["stats"]) == {
         "rgb", "L", "ab"}
     for split in SIZES:
-        assert is_encoded(summary, split, "rgb") and is_encoded(summary, split, "L") and is_encoded(summary, split, "ab")
+        assert all(is_encoded(summary, split, m) for m in ("rgb", "L", "ab"))
     assert not is_encoded({"splits": {"t": {"encoding": {"rgb": "png"}}}}, "t", "L")
     assert is_encoded({"splits": {"t": {"derived": {"L": "rgb"}}}}, "t", "L")
     f, raw = open_prepared(make_prepared(tmp_path))

@@ -82,8 +82,8 @@ def validate(f: h5py.File, path: str | Path) -> dict:
             raise DataError(f"{path}: top-level {split!r} is not a split group")
         if "label" not in group:
             raise DataError(f"{path}: split {split!r} has no 'label' dataset")
+        _check_labels(group["label"], len(class_names), f"{path}: {split}/label")  # before .shape: it may be a group
         n = group["label"].shape[0]
-        _check_labels(group["label"], len(class_names), f"{path}: {split}/label")
         mods = {}
         for name, ds in group.items():
             if name in encoding:
@@ -210,7 +210,7 @@ def open_prepared(path: str | Path) -> tuple[h5py.File, dict]:
     except DataError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py on a damaged file
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:  # h5py on a damaged file
         f.close()
         raise DataError(f"{path}: damaged or not a prepared file ({type(e).__name__}: {e})") from None
     except BaseException:
