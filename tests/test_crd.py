@@ -413,6 +413,16 @@ def test_default_sampling_with_more_draws_than_candidates_takes_every_candidate(
 
 
 @pytest.mark.parametrize("method", DISTINCT_METHODS)
+def test_draws_beyond_the_candidates_repeat_every_candidate_alike(method):
+    """Relax, N 3, anchor 1: candidates {0, 2}, K 1000: each once, then 998 repeats spread over both (binomial,
+    1000 x 1/2 each, sd 15.8), whichever candidate comes first in the span."""
+    torch.manual_seed(4)
+    negatives = sample_negatives(torch.tensor([1]), 1000, 3, method=method)  # (1, 1000)
+    counts = torch.bincount(negatives.flatten(), minlength=3).tolist()
+    assert counts[1] == 0 and all(abs(c - 500) < 6 * 15.8 for c in (counts[0], counts[2])), counts
+
+
+@pytest.mark.parametrize("method", DISTINCT_METHODS)
 def test_rank_slices_of_distinct_draws_equal_the_global_draw(method):
     labels = make_labels(num_rows=300, num_classes=4, unlabeled=7)  # unequal spans: classes and unlabeled rows
     classes, index = ClassIndex(labels, 4), torch.arange(8) * 30
