@@ -210,7 +210,7 @@ def negatives_from_seeds(seeds: torch.Tensor, index: torch.Tensor, num_rows: int
     skipped = _skipped_block(index, classes)
     span = (num_rows - skipped[1]).tolist()  # host ints: this path runs on the CPU
     draw = np.empty((len(span), k), dtype=np.int64)
-    for row, (seed, n) in enumerate(zip(seeds.tolist(), span)):
+    for row, (seed, n) in enumerate(zip(seeds.tolist(), span, strict=True)):  # one seed per anchor
         rng = np.random.default_rng(seed)
         if n >= k:
             draw[row] = rng.choice(n, k, replace=False, shuffle=False)
