@@ -118,12 +118,14 @@ def test_cross_modal_without_labels_trains_L_student_from_rgb_teacher(tmp_path, 
 def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_teacher):
     second = teach_teacher(tmp_path, prepared, modality="L", name="teacher_L", seed=1)
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb"), (second, "L")], {"kd": 0.9, "crd": 0.8, "ce": 0.1},
-                      loss_params={"crd": {"nce_k": 16}})
+                      loss_params={"crd": {"nce_k": 16}, "kd": {"temperature": 2.5}})
     from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
 
     train, _ = build_distill_datasets(cfg)
     task = build_distill_task(cfg, train)
     assert len(task.losses["crd"]) == 2 and len(task.losses["kd"]) == 1
+    # each instance gets its loss_params: the per-teacher CRDs and the one teacher-combining KD alike
+    assert [m.nce_k for m in task.losses["crd"]] == [16, 16] and task.losses["kd"][0].temperature == 2.5
     assert task.select_best_by_accuracy  # kd and ce train the classifier head
     batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("rgb", "L", "label", "index")}
     total, terms, logits = task(batch)
@@ -250,9 +252,10 @@ def test_config_errors_name_the_key(tmp_path, prepared, rgb_teacher):
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"crdd": 1.0})
     with pytest.raises(ConfigError, match=r"losses.crdd.*did you mean 'crd'"):
         run_distill(cfg)
-    cfg = distill_cfg(tmp_path, prepared, [], {"ce": 1.0, "kd": 0.9})
-    with pytest.raises(ConfigError, match="need a teacher"):
+    cfg = distill_cfg(tmp_path, prepared, [], {"ce": 1.0, "kd": 0.9, "crd": 0.8})
+    with pytest.raises(ConfigError) as error:
         run_distill(cfg)
+    assert str(error.value) == "losses kd, crd need a teacher; add `teachers: [{checkpoint: ...}]`"
     known = ", ".join(list_distillers())
     for losses, params, message in (
             ({"zzz": 1.0}, {}, f"losses.zzz: unknown loss 'zzz' (known: {known})"),
