@@ -126,6 +126,7 @@ def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_te
     assert len(task.losses["crd"]) == 2 and len(task.losses["kd"]) == 1
     # each instance gets its loss_params: the per-teacher CRDs and the one teacher-combining KD alike
     assert [m.nce_k for m in task.losses["crd"]] == [16, 16] and task.losses["kd"][0].temperature == 2.5
+    assert task.meta.data_path == str(prepared) and task.meta.modality == "rgb"  # what the checkpoint will say
     assert task.select_best_by_accuracy  # kd and ce train the classifier head
     batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("rgb", "L", "label", "index")}
     total, terms, logits = task(batch)
