@@ -337,6 +337,9 @@ ENCODED_BROKEN = {
                                    "'L'; expected a modality derived from an encoded one (rgb)"),
     "derived unknown modality": (set_json("derived", {"gray": "rgb"}), "attribute 'derived' maps 'gray' to 'rgb'; "
                                  "expected a modality derived from an encoded one (rgb)"),
+    "derived from a modality not encoded, two encoded": (
+        lambda f: (set_json("encoding", {"rgb": "jpeg", "hha": "png"})(f), set_json("derived", {"L": "depth"})(f)),
+        "attribute 'derived' maps 'L' to 'depth'; expected a modality derived from an encoded one (rgb, hha)"),
     "encoded without stats": (drop_stats("rgb"), "attribute 'stats' has no entry for modality 'rgb'"),
     "derived without stats": (drop_stats("ab"), "attribute 'stats' has no entry for modality 'ab'"),
     "stored raw": (put_raw("train", "rgb", np.zeros((5, 3, 12, 20), np.uint8)),
