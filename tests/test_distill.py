@@ -118,7 +118,7 @@ def test_cross_modal_without_labels_trains_L_student_from_rgb_teacher(tmp_path, 
 def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_teacher):
     second = teach_teacher(tmp_path, prepared, modality="L", name="teacher_L", seed=1)
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb"), (second, "L")], {"kd": 0.9, "crd": 0.8, "ce": 0.1},
-                      loss_params={"crd": {"nce_k": 16}, "kd": {"temperature": 2.5}})
+                      loss_params={"crd": {"nce_k": 16}, "kd": {"temperature": 2.5}, "ce": {"label_smoothing": 0.1}})
     from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
 
     train, _ = build_distill_datasets(cfg)
@@ -126,6 +126,8 @@ def test_ensemble_gets_one_crd_per_teacher_and_one_kd(tmp_path, prepared, rgb_te
     assert len(task.losses["crd"]) == 2 and len(task.losses["kd"]) == 1
     # each instance gets its loss_params: the per-teacher CRDs and the one teacher-combining KD alike
     assert [m.nce_k for m in task.losses["crd"]] == [16, 16] and task.losses["kd"][0].temperature == 2.5
+    assert task.losses["ce"][0].label_smoothing == 0.1  # a loss without a teacher too
+    assert task.combined == {"kd"}  # KD sees every teacher at once; each CRD its own
     assert task.meta.data_path == str(prepared) and task.meta.modality == "rgb"  # what the checkpoint will say
     assert task.select_best_by_accuracy  # kd and ce train the classifier head
     batch = {k: torch.stack([train[i][k] for i in range(4)]) for k in ("rgb", "L", "label", "index")}
