@@ -122,16 +122,19 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BROKEN))
-def test_every_schema_check_refuses_its_defect_with_a_message_naming_it(tmp_path, case):
-    path = make_prepared(tmp_path)
+def assert_edit_refused(path, edit, message: str) -> None:
+    """`path` opens; after `edit` (of the h5py.File) open_prepared refuses it with exactly '<path>: <message>'."""
     open_prepared(path)[0].close()  # valid before the edit
-    edit, message = BROKEN[case]
     with h5py.File(path, "r+") as f:
         edit(f)
     with pytest.raises(DataError) as error:
         open_prepared(path)
     assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_every_schema_check_refuses_its_defect_with_a_message_naming_it(tmp_path, case):
+    assert_edit_refused(make_prepared(tmp_path), *BROKEN[case])
 
 
 def test_valid_file_summary_lists_splits_shapes_and_attributes(tmp_path):
@@ -366,11 +369,4 @@ ENCODED_BROKEN = {
 
 @pytest.mark.parametrize("case", sorted(ENCODED_BROKEN))
 def test_every_encoded_check_refuses_its_defect_with_the_whole_message(tmp_path, case):
-    path = make_encoded(tmp_path)
-    open_prepared(path)[0].close()  # valid before the edit
-    edit, message = ENCODED_BROKEN[case]
-    with h5py.File(path, "r+") as f:
-        edit(f)
-    with pytest.raises(DataError) as error:
-        open_prepared(path)
-    assert str(error.value) == f"{path}: {message}"
+    assert_edit_refused(make_encoded(tmp_path), *ENCODED_BROKEN[case])
