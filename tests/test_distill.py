@@ -392,3 +392,30 @@ def test_distill_task_flags_checkpoint_meta_notes_and_teacher_outputs_by_hand():
     outputs = task({"ce": ce}, teachers=callers).teacher_outputs({"x": torch.tensor([1.0, 3.0])})
     assert [o["logits"].tolist() for o in outputs] == [[2.0, 6.0], [-2.0, -6.0]]
     assert not any(o["logits"].requires_grad for o in outputs)
+
+
+def test_distill_datasets_carry_the_configured_augments_loading_seed_and_resolved_teacher_modality(
+        tmp_path, rgb_teacher):
+    """build_distill_datasets by hand: the train split gets data.augment, the test split data.eval_augment, both the
+    run's preload, seed and decode; the teacher's modality, left unset, is resolved into the config; a test split
+    whose labels are all 0 (one class) still gives test accuracy."""
+    from conftest import make_prepared
+
+    from crossmodal.data.transforms import PairedAugment
+    from crossmodal.sections import AugmentConfig
+    from crossmodal.tasks.distill import build_distill_datasets
+
+    data = make_prepared(tmp_path, num_classes=1)  # every label 0
+    cfg = distill_cfg(tmp_path, data, [(rgb_teacher, None)], {"ce": 1.0, "kd": 1.0})
+    cfg.data.augment = AugmentConfig(crop=12, padding=2, hflip=True)
+    cfg.data.eval_augment = AugmentConfig(center_crop=12)
+    cfg.data.preload, cfg.seed = True, 7
+    train, test = build_distill_datasets(cfg)
+    assert cfg.teachers[0].modality == "rgb"  # resolved from the checkpoint, written into the run's config
+    assert train.modalities == ["rgb"] and test.modalities == ["rgb"]
+    want_train = PairedAugment.from_config(cfg.data.augment)
+    assert (train.augment.crop, train.augment.padding, train.augment.hflip) == (12, 2, True)
+    assert vars(train.augment) == vars(want_train)
+    assert test is not None and test.augment.center_crop == 12 and not test.augment.hflip
+    for ds in (train, test):
+        assert (ds.preload, ds.seed, ds.decode) == (True, 7, "cpu")
