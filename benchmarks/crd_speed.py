@@ -293,8 +293,9 @@ def main(argv=None):
     np.random.seed(0)
     device = torch.device(args.device)
 
+    command = f"python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     lines = [f"# CRD speed ({args.device})", "",
-             f"Command: `python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:] if argv is None else argv)}`",
+             f"Command: `{command}`",
              f"Machine: {machine_line(device)}", *([f"Load: {args.note}"] if args.note else []),
              f"Median of {args.steps} steps after {args.warmup} warm-up steps, variants interleaved. Peak memory: "
              + ("torch.cuda.max_memory_allocated above the allocated level before the steps." if device.type == "cuda"
@@ -303,7 +304,7 @@ def main(argv=None):
              f"N {args.num_rows}", "",
              "| K | variant | ms/step | of which numpy sampling | speed-up vs reference | peak MiB |",
              "|---|---|---|---|---|---|"]
-    record = {"command": lines[2].split("`")[1], "machine": machine_line(device), "load": args.note,
+    record = {"command": command, "machine": machine_line(device), "load": args.note,
               "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "num_rows": args.num_rows,
               "loss_alone": [], "training_step": None}
     for k in args.ks:
