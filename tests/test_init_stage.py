@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from crossmodal.engine import load_checkpoint
+from crossmodal.errors import ConfigError
 from crossmodal.tasks.distill import run_distill
 from test_distill import distill_cfg, prepared, rgb_teacher  # noqa: F401  (module fixtures)
 
@@ -49,3 +50,69 @@ def test_ft_init_lr_is_the_reference_rule_unless_the_config_sets_it(tmp_path, pr
     cfg2.init_lr = 0.2
     run_distill(cfg2)
     assert yaml.safe_load((tmp_path / "runs" / "explicit" / "init" / "config.yaml").read_text())["optim"]["lr"] == 0.2
+
+
+class CrashAtEpoch:
+    """A training split that raises when the engine starts its `call`-th epoch (counted across both phases)."""
+
+    def __init__(self, dataset, call: int):
+        self.dataset, self.calls_left, self.current = dataset, call, None
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+    def set_epoch(self, epoch):  # the engine may repeat an epoch's call (batches carry their epoch): count changes
+        if epoch != self.current:
+            self.current, self.calls_left = epoch, self.calls_left - 1
+            if self.calls_left == 0:
+                raise KeyboardInterrupt("simulated kill")
+        self.dataset.set_epoch(epoch)
+
+
+@pytest.mark.parametrize("call, init_done", [(2, False), (3, True)])
+def test_a_run_killed_in_or_after_its_init_stage_resumes_to_the_uninterrupted_weights(
+        tmp_path, prepared, rgb_teacher, monkeypatch, call, init_done):
+    """Killed in the second of two init epochs (call 2), `--resume` continues the init stage from
+    <run>/init/last.pt, then starts the main phase, which has no checkpoint yet. Killed in the main phase's first
+    epoch (call 3), the finished init stage is loaded with its RNG state (CRD draws its negatives from it). Either
+    way the run ends where the run that was never killed ends."""
+    import crossmodal.tasks.distill as distill_module
+
+    losses, params = {"ce": 1.0, "ab": 1.0, "crd": 0.8}, {"ab": {"init_epochs": 2}, "crd": {"nce_k": 8}}
+    run_distill(distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full"))
+    part = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part")
+    real = distill_module.build_distill_datasets
+    with monkeypatch.context() as patch:
+        patch.setattr(distill_module, "build_distill_datasets",
+                      lambda *args: (lambda train, test: (CrashAtEpoch(train, call), test))(*real(*args)))
+        with pytest.raises(KeyboardInterrupt):
+            run_distill(part)
+    runs = tmp_path / "runs"
+    assert load_checkpoint(runs / "part" / "init" / "last.pt")["epoch"] == (2 if init_done else 1)
+    assert (runs / "part" / "init" / "summary.json").exists() == init_done
+    assert not (runs / "part" / "last.pt").exists()
+    if not init_done:
+        with pytest.raises(ConfigError, match="already holds a run"):  # without --resume nothing is overwritten
+            run_distill(part)
+    torch.manual_seed(1234)  # the resumed process starts from unrelated RNG; the checkpoints must win
+    run_distill(part, resume=True)
+    for stage in ("init/last.pt", "last.pt"):
+        a, b = load_checkpoint(runs / "full" / stage), load_checkpoint(runs / "part" / stage)
+        assert a["epoch"] == b["epoch"]
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (stage, k)
+        assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"], stage
+
+
+def test_resume_without_a_checkpoint_of_either_phase_says_nothing_to_resume(tmp_path, prepared, rgb_teacher):
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "ab": 1.0},
+                      loss_params={"ab": {"init_epochs": 1}})
+    with pytest.raises(ConfigError, match=r"init/last.pt: nothing to resume; run without --resume"):
+        run_distill(cfg, resume=True)
+    assert not (tmp_path / "runs" / "student" / "init" / "last.pt").exists()

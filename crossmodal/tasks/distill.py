@@ -223,22 +223,23 @@ def build_distill_datasets(cfg: DistillConfig, teachers: Optional[list[TeacherCh
     return train, test
 
 
-def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: bool) -> None:
-    """Run the init stage of the losses that have one (AB, FT, FSP) in <run>/init/, unless already done."""
+def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: bool) -> bool:
+    """Run the init stage of the losses that have one (AB, FT, FSP) in <run>/init/, unless already done; return
+    whether the main phase resumes from <run>/last.pt.
+
+    A run killed inside its init stage resumes there (<run>/init/last.pt) and then starts its main phase, which
+    has no checkpoint yet; `resume` with no checkpoint of either phase is refused ("nothing to resume")."""
     stage = {n: ml for n, ml in task.losses.items() if getattr(ml[0], "init_epochs", 0) > 0}
     if not stage:
-        return
+        return resume
     run_dir = run_dir_for(cfg)
     if resume and (run_dir / "last.pt").exists():
-        return  # the main phase has started: its checkpoint holds the initialised state
+        return True  # the main phase has started: its checkpoint holds the initialised state
     epochs = max(ml[0].init_epochs for ml in stage.values())
     trains_student = any(getattr(ml[0], "init_trains_student", False) for ml in stage.values())
     trainable = {id(p) for ml in stage.values() for m in ml for p in m.init_parameters()}
     if trains_student:
         trainable |= {id(p) for p in task.model.parameters()}
-    saved = {p: p.requires_grad for p in task.parameters()}
-    for p in task.parameters():
-        p.requires_grad_(id(p) in trainable)
     init_cfg = dataclasses.replace(
         cfg, name=f"{cfg.name}/init",
         optim=dataclasses.replace(cfg.optim, epochs=epochs, schedule="constant", warmup_epochs=0.0,
@@ -247,18 +248,25 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
     log.info(f"{cfg.name}: init stage of {', '.join(stage)} for {epochs} epochs")
     init_dir = run_dir_for(init_cfg)
     done = (init_dir / "summary.json").exists()
+    if resume and not done and not (init_dir / "last.pt").exists():
+        raise ConfigError(f"{init_dir / 'last.pt'}: nothing to resume; run without --resume")
+    saved = {p: p.requires_grad for p in task.parameters()}
+    for p in task.parameters():
+        p.requires_grad_(id(p) in trainable)
     try:
         if done:  # finished earlier (e.g. the run was killed before its first main-phase checkpoint)
-            from crossmodal.engine.checkpoint import load_checkpoint, task_state
+            from crossmodal.engine.checkpoint import load_checkpoint, restore_rng, task_state
 
-            state = task_state(load_checkpoint(init_dir / "last.pt"))
-            InitStageTask(task, list(stage), trains_student).load_state_dict(state)
+            state = load_checkpoint(init_dir / "last.pt")
+            InitStageTask(task, list(stage), trains_student).load_state_dict(task_state(state))
+            restore_rng(state["rng"])  # the main phase starts from the RNG the finished stage left (CRD draws)
         else:
             Trainer(InitStageTask(task, list(stage), trains_student), train, test, init_cfg, init_dir,
-                    resume=resume and (init_dir / "last.pt").exists()).fit()
+                    resume=resume).fit()
     finally:
         for p, flag in saved.items():
             p.requires_grad_(flag)
+    return False
 
 
 def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
@@ -271,5 +279,5 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
         teachers = read_teachers(cfg.teachers)  # each checkpoint once: weights, metadata and sha256
         train, test = build_distill_datasets(cfg, teachers)
         task = build_distill_task(cfg, train, teachers)
-        run_init_stage(cfg, task, train, test, resume)
-        return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume).fit()
+        resume_main = run_init_stage(cfg, task, train, test, resume)
+        return Trainer(task, train, test, cfg, run_dir_for(cfg), resume=resume_main).fit()
