@@ -1,6 +1,7 @@
 """`distill`: compression, cross-modal, ensemble and init-stage runs end to end on tiny files."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -48,6 +49,19 @@ def distill_cfg(tmp_path, data, teachers, losses, student="resnet8", modality="r
         losses=losses, loss_params=loss_params or {}, optim=small_optim(epochs), engine=quiet_engine())
 
 
+@contextlib.contextmanager
+def logged_lines():
+    """The messages the crossmodal logger emits inside the block."""
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("crossmodal").addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger("crossmodal").removeHandler(handler)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     from conftest import make_prepared
@@ -64,14 +78,8 @@ def rgb_teacher(tmp_path_factory, prepared):
 def test_compression_crd_kd_records_teacher_and_crd_state(tmp_path, prepared, rgb_teacher):
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "kd": 1.0, "crd": 0.8},
                       loss_params={"crd": {"nce_k": 16}})
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logging.getLogger("crossmodal").addHandler(handler)
-    try:
+    with logged_lines() as lines:
         summary = run_distill(cfg)
-    finally:
-        logging.getLogger("crossmodal").removeHandler(handler)
     # The start of the run names the memories' size: 2 x 32 rows x 128 float32 = 32,768 bytes.
     assert "student: crd: memories 2 x 32 rows x 128 float32 = 32.8 kB; loss_params.crd.memory_dtype: float16 " \
            "halves it" in lines
@@ -314,7 +322,9 @@ def test_rgb_to_depth_without_any_label_trains_and_keeps_latest_as_best(tmp_path
     cfg = distill_cfg(tmp_path, rgbd, [(rgb_teacher, "rgb")], {"crd": 1.0}, modality="depth", epochs=2,
                       loss_params={"crd": {"nce_k": 8, "mode": "relax"}}, train_split="unlabeled")
     cfg.data.test_split = "unlabeled"
-    summary = run_distill(cfg)
+    with logged_lines() as lines:
+        summary = run_distill(cfg)
+    assert f"{rgbd}: split 'unlabeled' has no labels; training without test accuracy" in lines
     assert summary["best_test_top1"] is None and summary["best_epoch"] == 2
     run = tmp_path / "runs" / "student"
     assert load_checkpoint(run / "best.pt")["epoch"] == 2

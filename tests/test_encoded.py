@@ -558,6 +558,17 @@ def test_cuda_decode_is_refused_where_it_cannot_apply(files, tmp_path):
         run_teach(cfg)
 
 
+def test_distill_reads_both_splits_with_the_configured_decode(files, tmp_path):
+    from crossmodal.tasks.distill import DistillConfig, build_distill_datasets
+
+    for decode in ("cuda", "cpu"):
+        cfg = DistillConfig(name="run", out_dir=str(tmp_path), data=DataConfig(path=str(files["96-jpeg"]),
+                                                                               decode=decode),
+                            student=ModelConfig(arch="resnet8", modality="rgb"), losses={"ce": 1.0})
+        train, test = build_distill_datasets(cfg, teachers=[])
+        assert (train.decode, test.decode) == (decode, decode)
+
+
 # ----------------------------------------------------------------------------- inspect, sheet, bad input
 
 
