@@ -31,11 +31,31 @@ VARIANTS = {"z_estimate: ema": ("_zema", ["loss_params.crd.z_estimate=ema"]),
             "positive: batch": ("_posbatch", ["loss_params.crd.positive=batch"]),
             "mode: relax": ("_relax", ["loss_params.crd.mode=relax"]),
             "replacement: true": ("_iid", ["loss_params.crd.replacement=true"])}
-VANILLA = f"cifar10_resnet8_{EPOCHS}ep_s0"  # the student from labels alone at the ablation's budget
+
+
+def vanilla_name(seed: int = 0) -> str:
+    """The student from labels alone at the ablation's budget."""
+    return f"cifar10_resnet8_{EPOCHS}ep_s{seed}"
+
+
+VANILLA = vanilla_name(0)
 
 
 def run_name(k: int, t: float) -> str:
     return f"cifar10_crd_ablation_k{k}_t{t:g}"
+
+
+def common_args(b: Bench, data: str, seed: int = 0) -> list[str]:
+    return ["--seed", str(seed), "--set", f"data.path={data}"] + ([] if b.quick else ["--epochs", str(EPOCHS)])
+
+
+def crd_step(b: Bench, data: str, teacher_path: str, k: int, t: float, *overrides: str, suffix: str = "",
+             seed: int = 0):
+    """CRD at (K, tau) with `--set` overrides, the ablation's budget; seeds other than 0 add _s<seed> to the name."""
+    name = run_name(k, t) + suffix + ("" if seed == 0 else f"_s{seed}")
+    return b.train("distill", STUDENT_CONFIG, name, *common_args(b, data, seed), "--set",
+                   f"teachers.0.checkpoint={teacher_path}", "--set", f"loss_params.crd.nce_k={k}",
+                   *[a for o in overrides for a in ("--set", o)])
 
 
 def settings(sweep: dict[str, list], k_ref: int) -> list[tuple[int, float]]:
@@ -44,10 +64,9 @@ def settings(sweep: dict[str, list], k_ref: int) -> list[tuple[int, float]]:
     return list(dict.fromkeys(pairs))
 
 
-def vanilla_step(b: Bench, data: str):
-    """resnet8 from labels alone at the ablation's budget (shared with benchmarks.ensemble)."""
-    return b.train("teach", VANILLA_CONFIG, VANILLA, "--seed", "0", "--set", f"data.path={data}",
-                   *([] if b.quick else ["--epochs", str(EPOCHS)]))
+def vanilla_step(b: Bench, data: str, seed: int = 0):
+    """resnet8 from labels alone at the ablation's budget (shared with benchmarks.ensemble and benchmarks.budget)."""
+    return b.train("teach", VANILLA_CONFIG, vanilla_name(seed), *common_args(b, data, seed))
 
 
 def main() -> None:
@@ -57,13 +76,9 @@ def main() -> None:
     sweep = QUICK_SWEEP if b.quick else SWEEP
     k_ref = max(sweep["K"]) if b.quick else K_DEFAULT
     teacher = teachers.teacher(b, TEACHER)
-    common = ["--seed", "0", "--set", f"data.path={data}"] + ([] if b.quick else ["--epochs", str(EPOCHS)])
-    crd = [*common, "--set", f"teachers.0.checkpoint={teacher['path']}"]
-    sweep_steps = {(k, t): b.train("distill", STUDENT_CONFIG, run_name(k, t), *crd, "--set",
-                                   f"loss_params.crd.nce_k={k}", "--set", f"loss_params.crd.nce_t={t}")
+    sweep_steps = {(k, t): crd_step(b, data, teacher["path"], k, t, f"loss_params.crd.nce_t={t}")
                    for k, t in settings(sweep, k_ref)}
-    variant_steps = [b.train("distill", STUDENT_CONFIG, run_name(k_ref, T_DEFAULT) + suffix, *crd,
-                             "--set", f"loss_params.crd.nce_k={k_ref}", *[a for o in overrides for a in ("--set", o)])
+    variant_steps = [crd_step(b, data, teacher["path"], k_ref, T_DEFAULT, *overrides, suffix=suffix)
                      for suffix, overrides in VARIANTS.values()]
     # The reference setting, the switches and the labels-only student first: they decide which switches stay
     # (docs/DISTILLERS.md); then the rest of the K and tau sweeps.

@@ -22,13 +22,15 @@ from crossmodal.tempfiles import atomic_write_text
 
 # (experiment, arguments), in an order that respects what they share: each experiment asks for its teachers
 # (benchmarks.teachers.teacher: the committed file, else trained then), so the headline tables come first (the
-# two with a stated expectation, CIFAR-10 compression and L -> ab, before the rest) and the ensemble's four
+# two with a stated expectation, CIFAR-10 compression and L -> ab, before the rest; then `budget`, which asks whether
+# the CIFAR-10 table's budget decides CRD's gain there) and the ensemble's four
 # teachers are trained when the ensemble needs them; compression on Tiny-ImageNet-100 trains the seed-0 students
 # that transfer probes; ablation's labels-only run is ensemble's; `teachers` last checks that every benchmark
 # teacher is committed.
 EXPERIMENTS = [
     ("compression", ["--dataset", "cifar10", "--seeds", "0,1,2"]),
     ("crossmodal_imagenette", []),
+    ("budget", []),
     ("compression", ["--dataset", "tinyimagenet100", "--seeds", "0,1,2", "--methods", "vanilla,KD,CRD,CRD+KD"]),
     ("transfer", []),
     ("ablation", []),

@@ -423,3 +423,47 @@ def test_crd_speed_writes_its_table_and_the_same_numbers_as_json(tmp_path):
     for row in record["loss_alone"]:
         assert f"| 16 | {row['variant']} | {row['ms_per_step']:.1f} |" in report
         assert row["ms_per_step"] > 0 and row["speedup_vs_reference"] > 0
+
+
+def test_budget_reuses_the_ablation_and_compression_runs_and_reports_the_gap_per_seed(tmp_path, monkeypatch):
+    """benchmarks.budget: its 5- and 15-pass runs are the very commands of the ablation and the compression table
+    (their records are reused), its own runs are the same configs at 45 passes; the report pairs seeds."""
+    import json
+
+    from benchmarks import ablation, budget
+
+    b = Bench(name="budget", runs=Path("runs"))
+    teacher = "teachers/cifar10_resnet20.pt"
+    steps, names = budget.steps_and_names(b, "d.h5", teacher, [0, 1])
+    texts = {s.record: s.text for s in steps}
+    assert len(texts) == len(steps) == 12
+    assert texts["cifar10_resnet8_5ep_s0"] == ablation.vanilla_step(b, "d.h5").text
+    k, t = ablation.K_DEFAULT, ablation.T_DEFAULT
+    assert texts[ablation.run_name(k, t)] == ablation.crd_step(b, "d.h5", teacher, k, t,
+                                                               f"loss_params.crd.nce_t={t}").text
+    mid = compression.student_steps(b, compression.profile("cifar10"), teacher, [1], ["--set", "data.path=d.h5"], [],
+                                    ["vanilla", "CRD"])
+    assert [texts[s.record] for s in mid] == [s.text for s in mid]
+    for seed in (0, 1):
+        for method, config in (("vanilla", ablation.VANILLA_CONFIG), ("CRD", ablation.STUDENT_CONFIG)):
+            cmd = next(s for s in steps if s.record == budget.long_names(seed)[method]).cmd
+            assert cmd[2] == config and cmd[cmd.index("--epochs") + 1] == "45" and cmd[cmd.index("--seed") + 1] == str(seed)
+    assert [s.record for s in steps[:2]] == list(budget.long_names(0).values())  # the deciding runs first
+
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["budget"])
+    b = Bench(name="budget", runs=tmp_path / "runs", records=tmp_path / "records")
+    (tmp_path / "records").mkdir()
+    top1 = {5: ([70.0, 71.0], [72.5, 72.0]), 15: ([79.5, 79.4], [79.1, 80.0]), 45: ([82.0, 82.2], [84.0, 83.0])}
+    for passes, (vanilla, crd) in top1.items():
+        for method, values in (("vanilla", vanilla), ("CRD", crd)):
+            for run, value in zip(names[passes][method], values):
+                (tmp_path / "records" / f"{run}.json").write_text(json.dumps(
+                    {"summary": {"final_test_top1": value}, "budget": {"passes": float(passes)}, "command": run}))
+    budget.report(b, {"path": teacher, "test_top1": 87.9}, [0, 1], names)
+    data = json.loads((tmp_path / "benchmarks/results/budget.json").read_text())["results"]["by_passes"]
+    assert data["5"]["gap_per_seed"] == {"0": 2.5, "1": 1.0} and data["5"]["gap_mean"] == 1.75
+    assert data["15"]["gap_per_seed"]["0"] == pytest.approx(-0.4) and data["45"]["gap_mean"] == 1.4
+    assert data["45"]["gap_std"] == pytest.approx(0.72 ** 0.5, abs=1e-3)  # sample std of 2.0 and 0.8
+    text = (tmp_path / "benchmarks/results/budget.md").read_text()
+    assert "| 45 | 82.00, 82.20 | 82.10 | 84.00, 83.00 | 83.50 | +2.00, +0.80 | +1.40 |" in text
