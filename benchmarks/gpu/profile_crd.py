@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.gpu.common import device_line, synchronize
 from crossmodal.losses.base import DistillSpec, OutputShapes
 from crossmodal.losses.crd import CRDLoss
 from crossmodal.tempfiles import atomic_write_text
@@ -44,11 +45,6 @@ def build_crd(setting: dict, device: torch.device, **options) -> CRDLoss:
     labels = torch.arange(setting["num_rows"]) % setting["classes"]
     spec = DistillSpec(shape, shape, setting["num_rows"], setting["classes"], labels)
     return CRDLoss(spec, feat_dim=setting["feat_dim"], nce_k=setting["nce_k"], **options).to(device).train()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def wall_ms(fn, device: torch.device, calls: int, runs: int) -> float:
@@ -155,13 +151,6 @@ def measure(setting: dict, device: torch.device, calls: int, runs: int) -> dict:
         if name.startswith("whole CRD loss, forward"):
             top = top_operators(averages, attr, calls)
     return {"rows": rows, "top_operators": top}
-
-
-def device_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
-    return f"cpu ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def markdown(result: dict) -> str:

@@ -50,6 +50,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.gpu.common import device_line
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
@@ -435,7 +437,7 @@ def run_job(job: Job, out: Path, state: Path | None = None, prepared: Path | Non
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     state = state or STATE
-    record = {"job": job.name, "title": job.title, "device": _device_line(device), "status": "partial"}
+    record = {"job": job.name, "title": job.title, "device": device_line(device), "status": "partial"}
     if job.kind in SCRIPTS:
         module, stem, needs_work = SCRIPTS[job.kind]
         raw = out / job.kind  # the script's own files, folded into the job's record and markdown below
@@ -589,15 +591,6 @@ def _markdown(job: Job, record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _device_line(device: str) -> str:
-    import torch
-
-    if device == "cuda" and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
-    return f"cpu ({os.cpu_count()} logical CPUs), torch {torch.__version__}"
-
-
 def _split(path: Path, out: Path, stem: str) -> list[str]:
     """Copy `path` into `out` as parts of at most PART_SIZE bytes: stem.part00, stem.part01, ..."""
     names = []
@@ -638,8 +631,6 @@ def _return_state(run_dir: Path, out: Path, room: int) -> str:
 
 def _return_teacher(job: Job, run_dir: Path, out: Path, data: Path, device: str) -> dict:
     """The finished teacher's weights, float32 when they fit beside the data in a student's input, else float16."""
-    import torch
-
     from crossmodal.engine.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(run_dir / "last.pt")

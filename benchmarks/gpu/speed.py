@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import tempfile
 import time
 import warnings
@@ -42,6 +40,7 @@ from crossmodal.tasks.distill import DistillConfig, TeacherConfig, run_distill
 from crossmodal.tasks.teach import TeachConfig, run_teach
 from crossmodal.tempfiles import atomic_write_text
 
+from benchmarks.gpu.common import device_line, synchronize
 from benchmarks.teach_throughput import synthetic_prepared
 
 BATCH = 64
@@ -85,11 +84,6 @@ def distill_engine(args, data: Path, out: Path, teacher: str, losses: dict, name
                         optim=paper_optim(epochs), engine=engine_cfg(args, max_steps_per_epoch=steps, **engine))
     run_distill(cfg)
     return read_metrics(out / name / "metrics.csv")[-1]
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def bare_loop_ms(args, n_rows: int, teacher_arch: str | None, crd: bool, steps: int) -> float:
@@ -224,11 +218,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     data = synthetic_prepared(work / "cifar_size.h5", n_train, n_test)
     out = work / "runs"
-    device_line = f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
-    if args.device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        device_line = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, " + device_line
-    results: dict = {"device": device_line, "quick": args.quick, "batch": BATCH, "k": args.k, "n_train": n_train,
+    results: dict = {"device": device_line(args.device), "quick": args.quick, "batch": BATCH, "k": args.k, "n_train": n_train,
                      "teacher": args.teacher, "student": args.student,
                      "precision": engine_cfg(args).precision, "steps_per_measured_epoch": steps}
 
