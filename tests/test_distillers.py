@@ -144,6 +144,11 @@ def test_registry_messages_are_whole_and_every_class_knows_its_name():
     with pytest.raises(ValueError) as error:
         register_distiller("kd")(type("KDAgain", (), {}))
     assert str(error.value) == "distiller 'kd' registered twice"
+    plain = type("Plain", (), {})  # the engine reads init_epochs and init_trains_student from Distiller
+    with pytest.raises(TypeError, match=r"^distiller 'plain': <class '.*Plain'> is not a subclass of "
+                                        r"crossmodal.losses.Distiller$"):
+        register_distiller("plain")(plain)
+    assert "plain" not in DISTILLERS
     with pytest.raises(ConfigError) as error:  # no config key given: no prefix
         get_distiller("zzz")
     assert str(error.value) == f"unknown loss 'zzz' (known: {', '.join(list_distillers())})"

@@ -18,33 +18,44 @@ def running_stats(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
 
 
-@pytest.mark.parametrize("method", ["ab", "fsp"])
+@pytest.mark.parametrize("method, student", [("ab", "wrn_16_2"), ("fsp", "resnet8")])
 def test_init_stage_trains_the_student_weights_but_not_its_batchnorm_statistics(tmp_path, prepared, rgb_teacher,
-                                                                                method):
-    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, method: 1.0},
+                                                                                method, student):
+    """AB's student (wrn_16_2, twice the resnet8 teacher's widths) needs connectors: the stage trains them too."""
+    cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, method: 1.0}, student=student,
                       loss_params={method: {"init_epochs": 1}})
     from crossmodal.engine import seed_everything
     from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
 
     seed_everything(cfg.seed)
-    fresh = build_distill_task(cfg, build_distill_datasets(cfg)[0]).model.state_dict()
+    task = build_distill_task(cfg, build_distill_datasets(cfg)[0])
+    fresh = task.model.state_dict()
+    own = {k.replace("losses.", "stage_losses.", 1): v for k, v in task.losses.state_dict(prefix="losses.").items()
+           if k.endswith("weight")}
     run_distill(cfg)
-    init = load_checkpoint(tmp_path / "runs" / "student" / "init" / "last.pt")["model"]
+    ckpt = load_checkpoint(tmp_path / "runs" / "student" / "init" / "last.pt")
+    init = ckpt["model"]
     stats = running_stats(init)
     assert stats and all(torch.equal(v, fresh[k]) for k, v in stats.items())  # eval mode: no update
     convs = [k for k in init if k.endswith("weight") and init[k].dim() == 4]
     assert any(not torch.equal(init[k], fresh[k]) for k in convs)  # ... while the weights did train
+    assert len(own) == (6 if method == "ab" else 0)  # three connectors: conv and BN weights
+    assert all(not torch.equal(ckpt["task"][k], v) for k, v in own.items())  # ... and the connectors too
 
 
 @pytest.mark.parametrize("student, expected", [("resnet8", 0.01), ("wrn_16_1", 0.01), ("vgg8", 0.05)])
 def test_ft_init_lr_is_the_reference_rule_unless_the_config_sets_it(tmp_path, prepared, rgb_teacher, student,
                                                                      expected):
     cfg = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "ft": 200.0}, student=student,
-                      loss_params={"ft": {"init_epochs": 1}})
+                      loss_params={"ft": {"init_epochs": 1}}, epochs=2)
+    cfg.optim.schedule, cfg.optim.warmup_epochs = "cosine", 1.0
     assert cfg.optim.lr == 0.05
     run_distill(cfg)
     init_cfg = yaml.safe_load((tmp_path / "runs" / "student" / "init" / "config.yaml").read_text())
     assert init_cfg["optim"]["lr"] == expected
+    # The init stage trains at that lr throughout, as the references do, whatever the main phase's schedule.
+    assert (init_cfg["optim"]["schedule"], init_cfg["optim"]["warmup_epochs"], init_cfg["optim"]["epochs"]) == \
+        ("constant", 0.0, 1)
     cfg2 = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], {"ce": 1.0, "ft": 200.0}, student=student,
                        loss_params={"ft": {"init_epochs": 1}}, name="explicit")
     cfg2.init_lr = 0.2
@@ -75,18 +86,20 @@ class CrashAtEpoch:
         self.dataset.set_epoch(epoch)
 
 
-@pytest.mark.parametrize("call, init_done", [(2, False), (3, True)])
+@pytest.mark.parametrize("call, init_done", [(2, False), (3, True), (4, True)])
 def test_a_run_killed_in_or_after_its_init_stage_resumes_to_the_uninterrupted_weights(
         tmp_path, prepared, rgb_teacher, monkeypatch, call, init_done):
     """Killed in the second of two init epochs (call 2), `--resume` continues the init stage from
     <run>/init/last.pt, then starts the main phase, which has no checkpoint yet. Killed in the main phase's first
-    epoch (call 3), the finished init stage is loaded with its RNG state (CRD draws its negatives from it). Either
-    way the run ends where the run that was never killed ends."""
+    epoch (call 3), the finished init stage is loaded with its RNG state (CRD draws its negatives from it). Killed
+    in the main phase's second epoch (call 4), the main phase resumes from <run>/last.pt and the init stage is not
+    run again. Each way the run ends where the run that was never killed ends."""
     import crossmodal.tasks.distill as distill_module
 
     losses, params = {"ce": 1.0, "ab": 1.0, "crd": 0.8}, {"ab": {"init_epochs": 2}, "crd": {"nce_k": 8}}
-    run_distill(distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full"))
-    part = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part")
+    run_distill(distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full",
+                            epochs=2))
+    part = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part", epochs=2)
     real = distill_module.build_distill_datasets
     with monkeypatch.context() as patch:
         patch.setattr(distill_module, "build_distill_datasets",
@@ -96,12 +109,15 @@ def test_a_run_killed_in_or_after_its_init_stage_resumes_to_the_uninterrupted_we
     runs = tmp_path / "runs"
     assert load_checkpoint(runs / "part" / "init" / "last.pt")["epoch"] == (2 if init_done else 1)
     assert (runs / "part" / "init" / "summary.json").exists() == init_done
-    assert not (runs / "part" / "last.pt").exists()
+    assert (runs / "part" / "last.pt").exists() == (call == 4)
+    init_written = (runs / "part" / "init" / "last.pt").stat().st_mtime_ns
     if not init_done:
         with pytest.raises(ConfigError, match="already holds a run"):  # without --resume nothing is overwritten
             run_distill(part)
     torch.manual_seed(1234)  # the resumed process starts from unrelated RNG; the checkpoints must win
     run_distill(part, resume=True)
+    if init_done:
+        assert (runs / "part" / "init" / "last.pt").stat().st_mtime_ns == init_written  # not trained again
     for stage in ("init/last.pt", "last.pt"):
         a, b = load_checkpoint(runs / "full" / stage), load_checkpoint(runs / "part" / stage)
         assert a["epoch"] == b["epoch"]

@@ -124,6 +124,8 @@ def register_distiller(name: str):
     def deco(cls):
         if name in DISTILLERS:
             raise ValueError(f"distiller {name!r} registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise TypeError(f"distiller {name!r}: {cls!r} is not a subclass of crossmodal.losses.Distiller")
         cls.name = name
         DISTILLERS[name] = cls
         return cls

@@ -77,7 +77,7 @@ class DistillTask(Task):
         # Test top-1 only means something when a loss trains the student's classifier head.
         self.select_best_by_accuracy = any(ml[0].trains_logits and self.weights[n] > 0 for n, ml in losses.items())
         # Losses in their init-only phase return a constant 0 with no graph to some parameters.
-        self.ddp_find_unused_parameters = any(getattr(m, "init_epochs", 0) > 0 for ml in losses.values() for m in ml)
+        self.ddp_find_unused_parameters = any(m.init_epochs > 0 for ml in losses.values() for m in ml)
         self.capturable = all(type(ml[0]).capturable for ml in losses.values())
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -229,14 +229,14 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
 
     A run killed inside its init stage resumes there (<run>/init/last.pt) and then starts its main phase, which
     has no checkpoint yet; `resume` with no checkpoint of either phase is refused ("nothing to resume")."""
-    stage = {n: ml for n, ml in task.losses.items() if getattr(ml[0], "init_epochs", 0) > 0}
+    stage = {n: ml for n, ml in task.losses.items() if ml[0].init_epochs > 0}
     if not stage:
         return resume
     run_dir = run_dir_for(cfg)
     if resume and (run_dir / "last.pt").exists():
         return True  # the main phase has started: its checkpoint holds the initialised state
     epochs = max(ml[0].init_epochs for ml in stage.values())
-    trains_student = any(getattr(ml[0], "init_trains_student", False) for ml in stage.values())
+    trains_student = any(ml[0].init_trains_student for ml in stage.values())
     trainable = {id(p) for ml in stage.values() for m in ml for p in m.init_parameters()}
     if trains_student:
         trainable |= {id(p) for p in task.model.parameters()}
