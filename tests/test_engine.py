@@ -131,6 +131,14 @@ def test_cosine_schedule_decays_per_iteration_from_end_of_warmup_to_zero():
 
 def test_constant_schedule_and_optimizer_choice():
     assert lr_factor_fn(OptimConfig(schedule="constant"), 3)(500) == 1.0
+    with pytest.raises(ConfigError) as error:  # built in code, past the YAML validator: not silently constant
+        lr_factor_fn(OptimConfig(schedule="Cosine"), 3)
+    assert str(error.value) == "optim.schedule must be one of step, cosine, constant; got 'Cosine'"
+    import typing
+
+    from crossmodal.engine.optim import SCHEDULES
+
+    assert typing.get_args(typing.get_type_hints(OptimConfig)["schedule"]) == SCHEDULES  # the validator's list
     params = [nn.Parameter(torch.zeros(2))]
     sgd = build_optimizer(params, OptimConfig(name="sgd", lr=0.2, momentum=0.9, nesterov=True))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["lr"] == 0.2

@@ -9,7 +9,7 @@ import yaml
 from crossmodal.engine import load_checkpoint
 from crossmodal.errors import ConfigError
 from crossmodal.tasks.distill import run_distill
-from test_distill import distill_cfg, prepared, rgb_teacher  # noqa: F401  (module fixtures)
+from test_distill import distill_cfg, logged_lines, prepared, rgb_teacher  # noqa: F401  (module fixtures)
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,9 @@ def test_ft_init_lr_is_the_reference_rule_unless_the_config_sets_it(tmp_path, pr
                       loss_params={"ft": {"init_epochs": 1}}, epochs=2)
     cfg.optim.schedule, cfg.optim.warmup_epochs = "cosine", 1.0
     assert cfg.optim.lr == 0.05
-    run_distill(cfg)
+    with logged_lines() as lines:
+        run_distill(cfg)
+    assert "student: init stage of ft for 1 epochs" in lines
     init_cfg = yaml.safe_load((tmp_path / "runs" / "student" / "init" / "config.yaml").read_text())
     assert init_cfg["optim"]["lr"] == expected
     # The init stage trains at that lr throughout, as the references do, whatever the main phase's schedule.

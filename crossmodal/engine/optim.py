@@ -43,10 +43,15 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, fuse
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+SCHEDULES = ("step", "cosine", "constant")
+
+
 def lr_factor_fn(cfg: OptimConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """The per-iteration lr multiplier (see module docstring) for `steps_per_epoch` steps per epoch."""
     if steps_per_epoch < 1:
         raise ValueError("steps_per_epoch must be >= 1")
+    if cfg.schedule not in SCHEDULES:  # a config built in code skips the YAML validator's check
+        raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {cfg.schedule!r}")
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     milestones = sorted(cfg.milestones)
