@@ -18,7 +18,10 @@ import crossmodal
 from crossmodal.data.schema import SCHEMA_VERSION
 from crossmodal.modalities import MODALITIES, to_float
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the repository, or the folder CROSSMODAL_SHARED_DATA names (as for the benchmarks: a mutation
+# run's copy of the tests lives one folder deeper, in mutants/).
+SHARED_DATA = (Path(os.environ["CROSSMODAL_SHARED_DATA"]) if os.environ.get("CROSSMODAL_SHARED_DATA")
+               else Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 def depth_from_rgb(rgb: np.ndarray) -> np.ndarray:
