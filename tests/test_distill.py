@@ -181,8 +181,8 @@ def test_init_stage_runs_first_and_only_trains_what_it_names(tmp_path, prepared,
     init_run = tmp_path / "runs" / "student" / "init"
     assert (init_run / "summary.json").exists()
     init_ckpt = load_checkpoint(init_run / "last.pt")
-    header = (init_run / "metrics.csv").read_text().splitlines()[0]
-    assert "train_init_ft" in header
+    header = (init_run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train_init_ft" in header and "test_top1" in header  # the stage is evaluated on the test split too
     # FT's init stage trains the paraphraser only: the student's weights are untouched by it.
     from crossmodal.tasks.distill import build_distill_datasets, build_distill_task
 
