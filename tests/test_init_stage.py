@@ -10,6 +10,7 @@ from crossmodal.engine import load_checkpoint
 from crossmodal.errors import ConfigError
 from crossmodal.tasks.distill import run_distill
 from test_distill import distill_cfg, logged_lines, prepared, rgb_teacher  # noqa: F401  (module fixtures)
+from test_engine import FailAtEpoch
 
 torch.set_num_threads(1)
 
@@ -65,20 +66,12 @@ def test_ft_init_lr_is_the_reference_rule_unless_the_config_sets_it(tmp_path, pr
     assert yaml.safe_load((tmp_path / "runs" / "explicit" / "init" / "config.yaml").read_text())["optim"]["lr"] == 0.2
 
 
-class CrashAtEpoch:
+class CrashAtEpoch(FailAtEpoch):
     """A training split that raises when the engine starts its `call`-th epoch (counted across both phases)."""
 
     def __init__(self, dataset, call: int):
-        self.dataset, self.calls_left, self.current = dataset, call, None
-
-    def __getattr__(self, name):
-        return getattr(self.dataset, name)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i]
+        super().__init__(dataset, fail_epoch=None)
+        self.calls_left, self.current = call, None
 
     def set_epoch(self, epoch):  # the engine may repeat an epoch's call (batches carry their epoch): count changes
         if epoch != self.current:
