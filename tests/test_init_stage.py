@@ -81,19 +81,24 @@ class CrashAtEpoch(FailAtEpoch):
         self.dataset.set_epoch(epoch)
 
 
-@pytest.mark.parametrize("call, init_done", [(2, False), (3, True), (4, True)])
+@pytest.mark.parametrize("call, init_done, flag", [(2, False, True), (3, True, True), (3, True, False),
+                                                    (4, True, True)])
 def test_a_run_killed_in_or_after_its_init_stage_resumes_to_the_uninterrupted_weights(
-        tmp_path, prepared, rgb_teacher, monkeypatch, call, init_done):
+        tmp_path, prepared, rgb_teacher, monkeypatch, call, init_done, flag):
     """Killed in the second of two init epochs (call 2), `--resume` continues the init stage from
     <run>/init/last.pt, then starts the main phase, which has no checkpoint yet. Killed in the main phase's first
-    epoch (call 3), the finished init stage is loaded with its RNG state (CRD draws its negatives from it). Killed
-    in the main phase's second epoch (call 4), the main phase resumes from <run>/last.pt and the init stage is not
-    run again. Each way the run ends where the run that was never killed ends."""
+    epoch (call 3), the finished init stage is loaded with its RNG state (CRD draws its negatives from it), with
+    `--resume` or without (the main phase has nothing to overwrite), but not under another config. Killed in the
+    main phase's second epoch (call 4), the main phase resumes from <run>/last.pt and the init stage is not run
+    again. Each way the run ends where the run that was never killed ends."""
     import crossmodal.tasks.distill as distill_module
 
-    losses, params = {"ce": 1.0, "ab": 1.0, "crd": 0.8}, {"ab": {"init_epochs": 2}, "crd": {"nce_k": 8}}
-    run_distill(distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full",
-                            epochs=2))
+    losses = {"ce": 1.0, "ab": 1.0, "fsp": 1.0, "crd": 0.8}
+    params = {"ab": {"init_epochs": 2}, "fsp": {"init_epochs": 2}, "crd": {"nce_k": 8}}
+    with logged_lines() as lines:
+        run_distill(distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="full",
+                                epochs=2))
+    assert "full: init stage of ab, fsp for 2 epochs" in lines
     part = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part", epochs=2)
     real = distill_module.build_distill_datasets
     with monkeypatch.context() as patch:
@@ -109,8 +114,15 @@ def test_a_run_killed_in_or_after_its_init_stage_resumes_to_the_uninterrupted_we
     if not init_done:
         with pytest.raises(ConfigError, match="already holds a run"):  # without --resume nothing is overwritten
             run_distill(part)
+    if not flag:
+        changed = distill_cfg(tmp_path, prepared, [(rgb_teacher, "rgb")], losses, loss_params=params, name="part",
+                              epochs=2)
+        changed.init_lr = 0.02
+        with pytest.raises(ConfigError, match=r"part/init: --resume with a changed 'init_lr' \(null when the run "
+                                              r"started, now 0.02\)"):
+            run_distill(changed)
     torch.manual_seed(1234)  # the resumed process starts from unrelated RNG; the checkpoints must win
-    run_distill(part, resume=True)
+    run_distill(part, resume=flag)
     if init_done:
         assert (runs / "part" / "init" / "last.pt").stat().st_mtime_ns == init_written  # not trained again
     for stage in ("init/last.pt", "last.pt"):

@@ -248,21 +248,15 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
     log.info(f"{cfg.name}: init stage of {', '.join(stage)} for {epochs} epochs")
     init_dir = run_dir_for(init_cfg)
     done = (init_dir / "summary.json").exists()
-    if resume and not done and not (init_dir / "last.pt").exists():
-        raise ConfigError(f"{init_dir / 'last.pt'}: nothing to resume; run without --resume")
     saved = {p: p.requires_grad for p in task.parameters()}
     for p in task.parameters():
         p.requires_grad_(id(p) in trainable)
     try:
-        if done:  # finished earlier (e.g. the run was killed before its first main-phase checkpoint)
-            from crossmodal.engine.checkpoint import load_checkpoint, restore_rng, task_state
-
-            state = load_checkpoint(init_dir / "last.pt")
-            InitStageTask(task, list(stage), trains_student).load_state_dict(task_state(state))
-            restore_rng(state["rng"])  # the main phase starts from the RNG the finished stage left (CRD draws)
-        else:
-            Trainer(InitStageTask(task, list(stage), trains_student), train, test, init_cfg, init_dir,
-                    resume=resume).fit()
+        # A stage that finished earlier (the run stopped before its first main-phase checkpoint) is resumed at its
+        # end: its weights, and the RNG the main phase starts from (CRD draws from it), come from init/last.pt,
+        # once its fingerprint matches this config's (another teacher or init setting is refused).
+        Trainer(InitStageTask(task, list(stage), trains_student), train, test, init_cfg, init_dir,
+                resume=resume or done).fit()
     finally:
         for p, flag in saved.items():
             p.requires_grad_(flag)
