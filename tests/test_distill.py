@@ -213,7 +213,7 @@ def test_init_stage_task_total_is_the_sum_of_each_losses_init_loss_and_ddp_finds
 
     train, _ = build_distill_datasets(cfg)
     task = build_distill_task(cfg, train).eval()
-    stage = InitStageTask(task, ["ab", "fsp"], True)
+    stage = InitStageTask(task, ["ab", "fsp"])
     batch = {k: torch.stack([train[i][k] for i in range(6)]) for k in ("rgb", "label", "index")}
     total, terms, logits = stage(batch)
     with torch.no_grad():
@@ -226,7 +226,7 @@ def test_init_stage_task_total_is_the_sum_of_each_losses_init_loss_and_ddp_finds
     assert terms["init_fsp"].item() == pytest.approx(fsp, rel=1e-5)
     assert total.item() == pytest.approx(ab + fsp, rel=1e-5)
     assert torch.equal(logits, s_out["logits"])
-    assert stage.ddp_find_unused_parameters is True and stage.trains_student is True
+    assert stage.ddp_find_unused_parameters is True
 
 
 @pytest.mark.parametrize("memory_dtype", ["float32", "float16"])

@@ -118,13 +118,13 @@ class DistillTask(Task):
 
 
 class InitStageTask(Task):
-    """The init stage of AB/FT/FSP: the sum of their `init_loss`, training only what they name."""
+    """The init stage of AB/FT/FSP: the sum of their `init_loss`. What it trains is set by run_init_stage (the
+    parameters each loss's `init_parameters` names, and the student's with `init_trains_student`)."""
 
-    def __init__(self, task: DistillTask, names: list[str], trains_student: bool):
+    def __init__(self, task: DistillTask, names: list[str]):
         super().__init__(task.model, task.meta)
         self._parent = [task]
         self.stage_losses = nn.ModuleDict({n: task.losses[n] for n in names})
-        self.trains_student = trains_student
         self.ddp_find_unused_parameters = True
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -255,7 +255,7 @@ def run_init_stage(cfg: DistillConfig, task: DistillTask, train, test, resume: b
         # A stage that finished earlier (the run stopped before its first main-phase checkpoint) is resumed at its
         # end: its weights, and the RNG the main phase starts from (CRD draws from it), come from init/last.pt,
         # once its fingerprint matches this config's (another teacher or init setting is refused).
-        Trainer(InitStageTask(task, list(stage), trains_student), train, test, init_cfg, init_dir,
+        Trainer(InitStageTask(task, list(stage)), train, test, init_cfg, init_dir,
                 resume=resume or done).fit()
     finally:
         for p, flag in saved.items():
