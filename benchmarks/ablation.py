@@ -45,6 +45,11 @@ def run_name(k: int, t: float) -> str:
     return f"cifar10_crd_ablation_k{k}_t{t:g}"
 
 
+def reference_k(b: Bench) -> int:
+    """The reference's K (16384), or under --quick the largest K below the mini split's rows."""
+    return max(QUICK_SWEEP["K"]) if b.quick else K_DEFAULT
+
+
 def common_args(b: Bench, data: str, seed: int = 0) -> list[str]:
     return ["--seed", str(seed), "--set", f"data.path={data}"] + ([] if b.quick else ["--epochs", str(EPOCHS)])
 
@@ -74,7 +79,7 @@ def main() -> None:
     b = bench("ablation", args)
     data = b.data("cifar10")
     sweep = QUICK_SWEEP if b.quick else SWEEP
-    k_ref = max(sweep["K"]) if b.quick else K_DEFAULT
+    k_ref = reference_k(b)
     teacher = teachers.teacher(b, TEACHER)
     sweep_steps = {(k, t): crd_step(b, data, teacher["path"], k, t, f"loss_params.crd.nce_t={t}")
                    for k, t in settings(sweep, k_ref)}

@@ -37,7 +37,7 @@ def steps_and_names(b: Bench, data: str, teacher_path: str, seeds: list[int]):
                       b.train("distill", ablation.STUDENT_CONFIG, long["CRD"], "--seed", str(seed), "--set",
                               f"data.path={data}", *epochs, "--set", f"teachers.0.checkpoint={teacher_path}")]
         short = [ablation.vanilla_step(b, data, seed),
-                 ablation.crd_step(b, data, teacher_path, ablation.K_DEFAULT, ablation.T_DEFAULT,
+                 ablation.crd_step(b, data, teacher_path, ablation.reference_k(b), ablation.T_DEFAULT,
                                    f"loss_params.crd.nce_t={ablation.T_DEFAULT}", seed=seed)]
         mid = compression.student_steps(b, p, teacher_path, [seed], ["--set", f"data.path={data}"], [],
                                         ["vanilla", "CRD"])
