@@ -137,7 +137,8 @@ class Bench:
         cmd = ["crossmodal", command, config, "--out-dir", str(self.runs), "--name", name, *extra]
         if self.quick:
             cmd += QUICK_TRAIN
-            if command == "distill" and _config_has_loss(config, "crd") and not any("crd.nce_k" in a for a in extra):
+            if (command == "distill" and _config_has_loss(config, "crd") and not any("crd.nce_k" in a for a in extra)
+                    and _config_crd_k(config) > QUICK_NCE_K):  # a config's smaller K fits its own split already
                 cmd += ["--set", f"loss_params.crd.nce_k={QUICK_NCE_K}"]
         run_dir = REPO / self.runs / name
         step = Step(cmd, run_dir / "summary.json", run_dir / "last.pt", record=name,
@@ -324,6 +325,19 @@ def _config_has_loss(config: str, loss: str) -> bool:
 
     path = REPO / config
     return path.is_file() and loss in ((yaml.safe_load(path.read_text()) or {}).get("losses") or {})
+
+
+def _config_crd_k(config: str) -> int:
+    """CRD's K in distill config `config` (repository-relative): its loss_params.crd.nce_k, else the default."""
+    import inspect
+
+    import yaml
+
+    from crossmodal.losses.crd import CRDLoss
+
+    cfg = yaml.safe_load((REPO / config).read_text()) or {}
+    k = ((cfg.get("loss_params") or {}).get("crd") or {}).get("nce_k")
+    return int(k) if k is not None else inspect.signature(CRDLoss).parameters["nce_k"].default
 
 
 def _paths_in(cmd: list[str]):

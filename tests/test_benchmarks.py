@@ -467,3 +467,13 @@ def test_budget_reuses_the_ablation_and_compression_runs_and_reports_the_gap_per
     assert data["45"]["gap_std"] == pytest.approx(0.72 ** 0.5, abs=1e-3)  # sample std of 2.0 and 0.8
     text = (tmp_path / "benchmarks/results/budget.md").read_text()
     assert "| 45 | 82.00, 82.20 | 82.10 | 84.00, 83.00 | 83.50 | +2.00, +0.80 | +1.40 |" in text
+
+
+def test_quick_mode_lowers_crd_k_only_where_the_config_s_own_k_is_larger():
+    """--quick's K 128 fits the mini sets; nyu18's config already asks for K 8 below its 10 frames, which stays."""
+    b = Bench(name="t", quick=True, runs=Path("runs/quick"))
+    cifar = b.train("distill", "configs/cpu/cifar10_resnet20_resnet8_crd.yaml", "a")
+    nyu = b.train("distill", "configs/cpu/nyu18_rgb_to_depth_crd.yaml", "b")
+    assert f"loss_params.crd.nce_k={common.QUICK_NCE_K}" in cifar.cmd
+    assert not any("nce_k" in word for word in nyu.cmd)
+    assert common._config_crd_k("configs/cpu/nyu18_rgb_to_depth_crd.yaml") == 8
