@@ -3,6 +3,7 @@
     python -m benchmarks.compression --dataset cifar10 --jobs 2                # 7 methods x 3 seeds, 15 passes each
     python -m benchmarks.compression --dataset tinyimagenet100 --methods vanilla,KD,CRD,CRD+KD --jobs 2
     python -m benchmarks.compression --dataset cifar100 --seeds 0 --profile gpu  # the paper's full recipe
+    python -m benchmarks.compression --dataset cifar10 --so-far                # the table so far, from records
 
 The teacher is the committed one (teachers/<dataset>_resnet20.pt, `python -m benchmarks.teachers`), trained
 to convergence; every student reads it. Students: vanilla (labels only), KD, FitNet, AT, PKT, CRD, CRD+KD,
@@ -103,6 +104,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the student runs")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--so-far", action="store_true",
+                    help="print the finished students' numbers from their records (a table in progress); run and "
+                         "write nothing")
     args = ap.parse_args()
     if (args.profile == "gpu") != (args.dataset == "cifar100"):
         ap.error("the gpu profile is the paper's CIFAR-100 recipe (--dataset cifar100 --profile gpu); "
@@ -117,6 +121,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if b.quick:  # a smoke run: one seed and the CRD path show every step works
         seeds, methods = seeds[:1], [m for m in QUICK_METHODS if m in methods]
+    if args.so_far:
+        print(so_far(b, p, seeds, methods))
+        return
     device: list[str] = []
     if args.profile == "gpu":
         import torch
@@ -133,6 +140,34 @@ def main() -> None:
     teacher = teacher_for(b, p, data, device)
     b.run_stage(student_steps(b, p, teacher["path"], seeds, data, device, methods))
     report(b, p, teacher, seeds, args, methods)
+
+
+def so_far(b: Bench, p: dict, seeds: list[int], methods: list[str]) -> str:
+    """Markdown: each method's final top-1 per seed where its record exists ('-' where not), the mean and sample std
+    of those, and each claim's difference and Welch t over the seeds every method of it has finished."""
+    finals = {}
+    for method in methods:
+        for seed in seeds:
+            path = b.records_dir / f"{run_name(p, method, seed)}.json"
+            if path.exists():
+                finals[method, seed] = b.summary(run_name(p, method, seed))["final_test_top1"]
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std | n |",
+             "|---|" + "---|" * (len(seeds) + 3)]
+    for method in methods:
+        values = [finals[method, s] for s in seeds if (method, s) in finals]
+        mean, std = mean_std(values, sample=True) if values else (float("nan"), float("nan"))
+        cells = [f"{finals[method, s]:.2f}" if (method, s) in finals else "-" for s in seeds]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean:.2f} | {std:.2f} | {len(values)} |")
+    lines += ["", "| claim | seeds | difference | Welch t |", "|---|---|---|---|"]
+    for better, worse in CLAIMS:
+        both = [s for s in seeds if (better, s) in finals and (worse, s) in finals]
+        if not both:
+            continue
+        a, c = [finals[better, s] for s in both], [finals[worse, s] for s in both]
+        t = welch_t(a, c)
+        lines.append(f"| {better} > {worse} | {', '.join(map(str, both))} | {mean_std(a)[0] - mean_std(c)[0]:+.2f} | "
+                     f"{'-' if t is None else f'{t:.2f}'} |")
+    return "\n".join(lines)
 
 
 def report(b: Bench, p: dict, teacher: dict, seeds: list[int], args, methods: list[str] = METHODS) -> None:

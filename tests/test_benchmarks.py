@@ -477,3 +477,20 @@ def test_quick_mode_lowers_crd_k_only_where_the_config_s_own_k_is_larger():
     assert f"loss_params.crd.nce_k={common.QUICK_NCE_K}" in cifar.cmd
     assert not any("nce_k" in word for word in nyu.cmd)
     assert common._config_crd_k("configs/cpu/nyu18_rgb_to_depth_crd.yaml") == 8
+
+
+def test_compression_so_far_tables_the_finished_students_and_their_claims(tmp_path):
+    import json
+
+    b = Bench(name="t", runs=Path("runs"), records=tmp_path)
+    p = compression.profile("cifar10")
+    done = {("vanilla", 0): 79.5, ("vanilla", 1): 79.3, ("CRD", 0): 80.5, ("CRD", 1): 81.3, ("KD", 0): 81.0}
+    for (method, seed), top1 in done.items():
+        (tmp_path / f"{compression.run_name(p, method, seed)}.json").write_text(
+            json.dumps({"summary": {"final_test_top1": top1}}))
+    text = compression.so_far(b, p, [0, 1, 2], ["vanilla", "KD", "CRD"])
+    assert "| vanilla | 79.50 | 79.30 | - | 79.40 | 0.14 | 2 |" in text
+    assert "| KD | 81.00 | - | - | 81.00 | 0.00 | 1 |" in text
+    # CRD - vanilla = 1.5 over seeds 0, 1; Welch t = 1.5 / sqrt(0.02 / 2 + 0.32 / 2) = 3.64
+    assert "| CRD > vanilla | 0, 1 | +1.50 | 3.64 |" in text
+    assert "| CRD > KD | 0 | -0.50 | - |" in text and "CRD+KD" not in text
