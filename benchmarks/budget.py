@@ -8,15 +8,35 @@ The runs at 5 passes are the CRD ablation's (benchmarks.ablation: its reference 
 student), those at 15 are the compression table's (benchmarks.compression): the same commands, so their records are
 reused and only what is missing runs here. The runs at 45 passes are this experiment's own: the same configs
 (configs/cpu/cifar10_resnet8.yaml, configs/cpu/cifar10_resnet20_resnet8_crd.yaml; the cosine schedule spans each
-run's budget) with `--epochs 45`. The paper trains 240 epochs (CIFAR-100); the 45-pass runs are what a CPU allows.
+run's budget) with `--epochs 45`. The paper trains 240 epochs (CIFAR-100); the 45-pass runs are what a CPU allows,
+and the GPU queue's budget jobs (benchmarks.gpu.queue) run the same two configs for 240 passes, seed 0: their row
+joins the table once both are done.
 """
 from __future__ import annotations
 
+import json
+from typing import Optional
+
 from benchmarks import ablation, compression, teachers
 from benchmarks.common import Bench, bench, main_guard, mean_std, new_figure, parser
+from benchmarks.gpu.queue import BUDGET_EPOCHS
 
 LONG = 45  # passes of this experiment's own runs
 MID = 15  # the compression table's (configs/cpu/)
+
+
+def gpu_point(b: Bench) -> Optional[dict]:
+    """The GPU queue's 240-pass runs (seed 0), when both are done: {"vanilla", "CRD", "device"}, else None."""
+    records = {}
+    for method in ("vanilla", "crd"):
+        path = b.results_dir / f"gpu_budget_cifar10_{BUDGET_EPOCHS}ep_{method}_s0.json"
+        if not path.exists():
+            return None
+        records[method] = json.loads(path.read_text())
+        if records[method].get("status") != "done":
+            return None
+    return {"vanilla": records["vanilla"]["summary"]["final_test_top1"],
+            "CRD": records["crd"]["summary"]["final_test_top1"], "device": records["crd"]["device"]}
 
 
 def long_names(seed: int) -> dict[str, str]:
@@ -77,11 +97,23 @@ def report(b: Bench, teacher: dict, seeds: list[int], names: dict) -> None:
                                             "CRD": dict(zip(map(str, seeds), finals["CRD"])),
                                             "gap_per_seed": dict(zip(map(str, seeds), gaps)),
                                             "gap_mean": round(g_mean, 3), "gap_std": round(g_std, 3)}
+    gpu = gpu_point(b)
+    if gpu is not None:
+        gap = gpu["CRD"] - gpu["vanilla"]
+        rows.append(f"| {BUDGET_EPOCHS} (GPU, seed 0 only) | {gpu['vanilla']:.2f} | {gpu['vanilla']:.2f} | "
+                    f"{gpu['CRD']:.2f} | {gpu['CRD']:.2f} | {gap:+.2f} | {gap:+.2f} |")
+        results[str(BUDGET_EPOCHS)] = {"device": gpu["device"], "vanilla": {"0": gpu["vanilla"]},
+                                       "CRD": {"0": gpu["CRD"]}, "gap_per_seed": {"0": gap},
+                                       "gap_mean": round(gap, 3), "gap_std": 0.0}
+    gpu_note = (f" The {BUDGET_EPOCHS}-pass row ran on {gpu['device']} (the GPU queue's budget jobs: the same configs "
+                f"with `--set optim.epochs={BUDGET_EPOCHS}`, in bf16 autocast with the CRD loss in float32; "
+                "benchmarks/results/gpu_budget_*.json), the others on this CPU in float32." if gpu else
+                f" The GPU queue's {BUDGET_EPOCHS}-pass point (benchmarks.gpu.queue, jobs budget_*) has not run yet.")
     body = [
         f"resnet8 on CIFAR-10 from labels alone (vanilla) and by CRD (ce 1, crd 0.8, the reference's K 16384, tau "
         f"0.07, exact sampling, frozen Z) from the committed resnet20 teacher `{teacher['path']}` (test top-1 "
         f"{teacher['test_top1']:.2f}); test top-1 of each run's final epoch, seeds {', '.join(map(str, seeds))}. "
-        "Each budget is a whole run (the cosine schedule spans it), not a point on a longer run's curve.",
+        "Each budget is a whole run (the cosine schedule spans it), not a point on a longer run's curve." + gpu_note,
         "",
         "| passes | vanilla per seed | vanilla mean | CRD per seed | CRD mean | CRD - vanilla per seed | mean gap |",
         "|---|---|---|---|---|---|---|",
@@ -93,9 +125,11 @@ def report(b: Bench, teacher: dict, seeds: list[int], names: dict) -> None:
     ]
     fig, (ax,) = new_figure(width=5)
     passes = [float(k) for k in results]
+    seeds_at = {k: [s for s in map(str, seeds) if s in results[k]["gap_per_seed"]] for k in results}
     ax.plot(passes, [results[k]["gap_mean"] for k in results], marker="o")
     for seed in map(str, seeds):
-        ax.plot(passes, [results[k]["gap_per_seed"][seed] for k in results], linestyle=":", marker=".",
+        ks = [k for k in results if seed in seeds_at[k]]
+        ax.plot([float(k) for k in ks], [results[k]["gap_per_seed"][seed] for k in ks], linestyle=":", marker=".",
                 label=f"seed {seed}")
     ax.axhline(0.0, color="k", linewidth=1)
     ax.set_xscale("log")

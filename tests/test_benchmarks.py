@@ -467,6 +467,21 @@ def test_budget_reuses_the_ablation_and_compression_runs_and_reports_the_gap_per
     assert data["45"]["gap_std"] == pytest.approx(0.72 ** 0.5, abs=1e-3)  # sample std of 2.0 and 0.8
     text = (tmp_path / "benchmarks/results/budget.md").read_text()
     assert "| 45 | 82.00, 82.20 | 82.10 | 84.00, 83.00 | 83.50 | +2.00, +0.80 | +1.40 |" in text
+    assert "240" not in data and "240-pass point (benchmarks.gpu.queue, jobs budget_*) has not run yet" in text
+    # The GPU queue's 240-pass runs join the table once both are done, with their device named.
+    for method, top1, status in (("vanilla", 84.5, "done"), ("crd", 86.0, "partial")):
+        (tmp_path / f"benchmarks/results/gpu_budget_cifar10_240ep_{method}_s0.json").write_text(json.dumps(
+            {"status": status, "device": "NVIDIA H200", "summary": {"final_test_top1": top1}}))
+    budget.report(b, {"path": teacher, "test_top1": 87.9}, [0, 1], names)
+    assert "240" not in json.loads((tmp_path / "benchmarks/results/budget.json").read_text())["results"]["by_passes"]
+    path = tmp_path / "benchmarks/results/gpu_budget_cifar10_240ep_crd_s0.json"
+    path.write_text(path.read_text().replace("partial", "done"))
+    budget.report(b, {"path": teacher, "test_top1": 87.9}, [0, 1], names)
+    data = json.loads((tmp_path / "benchmarks/results/budget.json").read_text())["results"]["by_passes"]
+    assert data["240"]["gap_per_seed"] == {"0": 1.5} and data["240"]["device"] == "NVIDIA H200"
+    text = (tmp_path / "benchmarks/results/budget.md").read_text()
+    assert "| 240 (GPU, seed 0 only) | 84.50 | 84.50 | 86.00 | 86.00 | +1.50 | +1.50 |" in text
+    assert "The 240-pass row ran on NVIDIA H200" in text
 
 
 def test_quick_mode_lowers_crd_k_only_where_the_config_s_own_k_is_larger():

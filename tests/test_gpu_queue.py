@@ -52,8 +52,16 @@ def test_queue_order_follows_the_issue_and_students_wait_for_their_teacher(tmp_p
     benchmark_teachers = [j.name for j in jobs if j.group == "b"]
     assert benchmark_teachers == [f"teacher_{name}" for name in teachers.TEACHERS]  # every benchmark teacher
     assert names[1:3] == ["gpu_decode", "profile_crd"]
+    budget = [n for n in names if n.startswith("budget_")]
+    assert budget == ["budget_cifar10_240ep_vanilla_s0", "budget_cifar10_240ep_crd_s0"]  # group c, before Table 1
+    assert names.index(budget[-1]) + 1 == names.index("t1_vgg13_teacher_s0")
+    crd = next(j for j in jobs if j.name == budget[1])
+    assert crd.teacher_job == "teacher_cifar10_resnet20" and crd.extra == ["--set", "optim.epochs=240"]
     for name in ("speed", "gpu_decode", "profile_crd", *benchmark_teachers, "t1_vgg13_teacher_s0", "t1_vgg13_vgg8_vanilla_s0"):
         (results / f"gpu_{name}.json").write_text(json.dumps({"status": "done"}))
+    assert queue.next_job(jobs, results, state).name == budget[0]
+    assert queue.status(crd, results, state) == "waiting"  # the CIFAR-10 teacher is neither committed nor here
+    (results / f"gpu_{budget[0]}.json").write_text(json.dumps({"status": "done"}))
     kd = next(j for j in jobs if j.name == "t1_vgg13_vgg8_kd_s0")
     assert queue.status(kd, results, state) == "waiting"  # its teacher's weights are not here
     assert queue.next_job(jobs, results, state).name == "t1_wrn_40_2_teacher_s0"  # the next runnable job

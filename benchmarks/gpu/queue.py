@@ -20,7 +20,9 @@ working tree, which travels whole, plus the data archive from ../shared/data, or
      `python -m benchmarks.teachers --only NAME --device cuda`, the CPU's own command, and comes back as
      teachers/NAME.pt with its teachers.json record (or, stopped at the budget, as a benchmarks.partial
      copy that the next slot continues from the committed tree);
-  c. Table 1 on Tiny-ImageNet-100-32 with the paper's recipe (configs/cifar100/, 240 epochs): for
+  c. benchmarks.budget's 240-pass point (CIFAR-10 resnet20 -> resnet8, labels only and CRD, seed 0: the CPU
+     configs with `--epochs 240`, which test whether the budget is why CRD does not lead at 15 passes), then
+     Table 1 on Tiny-ImageNet-100-32 with the paper's recipe (configs/cifar100/, 240 epochs): for
      vgg13 -> vgg8, then wrn_40_2 -> wrn_16_2, then resnet32x4 -> resnet8x4, the teacher and the vanilla,
      KD, CRD and CRD+KD students, seed 0 for every pair before seed 1;
   d. L -> ab on Imagenette-96 (CRD student of the converged L teacher, linear probe against random init), on a
@@ -145,6 +147,11 @@ GPU_ENGINE = ["--set", "engine.device=cuda", "--set", "engine.precision=bf16", "
               "--set", "engine.progress=false", "--set", "data.workers=8"]
 PAIRS = [("vgg13", "vgg8"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "resnet8x4")]
 METHODS = {"vanilla": None, "kd": "kd", "crd": "crd", "crd_kd": "crd_kd"}  # student run -> config suffix
+# benchmarks.budget at the paper's 240 epochs (seed 0): the CPU configs of its labels-only and CRD students, whose
+# 5, 15 and 45 passes run on the CPU, with the committed CIFAR-10 teacher. method -> (kind, config, teacher job).
+BUDGET_EPOCHS = 240
+BUDGET_RUNS = {"vanilla": ("teach", "configs/cpu/cifar10_resnet8.yaml", ""),
+               "crd": ("distill", "configs/cpu/cifar10_resnet20_resnet8_crd.yaml", "teacher_cifar10_resnet20")}
 # Jobs that run one benchmark script: kind -> (module, the stem of its .json/.md, takes a --work folder)
 SCRIPTS = {"speed": ("benchmarks.gpu.speed", "gpu_speed", True),
            "profile": ("benchmarks.gpu.profile_crd", "gpu_profile_crd", False)}
@@ -181,6 +188,11 @@ def build_jobs() -> list[Job]:
     for name, spec in TEACHERS.items():
         jobs.append(Job(f"teacher_{name}", "b", "teach", f"benchmark teacher {name} ({spec.config})",
                         config=spec.config, dataset=spec.dataset, seed=spec.seed))
+    for method, (kind, config, teacher_job) in BUDGET_RUNS.items():
+        jobs.append(Job(f"budget_cifar10_{BUDGET_EPOCHS}ep_{method}_s0", "c", kind,
+                        f"CIFAR-10 resnet8 {method} for {BUDGET_EPOCHS} passes (benchmarks.budget's longest point)",
+                        config=config, dataset="cifar10", teacher_job=teacher_job,
+                        extra=["--set", f"optim.epochs={BUDGET_EPOCHS}"]))
     for seed in (0, 1):
         for teacher, student in PAIRS:
             tjob = f"t1_{teacher}_teacher_s{seed}"
