@@ -509,3 +509,45 @@ def test_compression_so_far_tables_the_finished_students_and_their_claims(tmp_pa
     # CRD - vanilla = 1.5 over seeds 0, 1; Welch t = 1.5 / sqrt(0.02 / 2 + 0.32 / 2) = 3.64
     assert "| CRD > vanilla | 0, 1 | +1.50 | 3.64 |" in text
     assert "| CRD > KD | 0 | -0.50 | - |" in text and "CRD+KD" not in text
+
+
+def test_crossmodal_seeds_run_each_seed_s_probes_beside_the_next_seed_s_trainings_and_test_the_claims(tmp_path):
+    """benchmarks.crossmodal_imagenette: every step of a seed carries that seed; seed k's probes run in the stage of
+    seed k+1's trainings (never before their own students); the claims are tested per probe over the seeds."""
+    import json
+
+    from benchmarks import crossmodal_imagenette as cm
+
+    b = Bench(name="t", runs=Path("runs"), records=tmp_path)
+    stages = cm.stages(b, {"path": "teachers/t.pt"}, "d.h5", [0, 1, 2])
+    assert len(stages) == 4
+    seeds_of = [sorted({s.cmd[s.cmd.index("--seed") + 1] for s in stage}) for stage in stages]
+    assert seeds_of == [["0"], ["0", "1"], ["1", "2"], ["2"]]
+    for stage in stages:
+        for step in stage:
+            assert step.record.endswith(f"_s{step.cmd[step.cmd.index('--seed') + 1]}")
+            for needed in step.needs:  # a probe's student is trained in an earlier stage, under the same seed
+                producer = next(i for i, st in enumerate(stages) for s in st if s.done.parent == needed.parent)
+                assert producer < stages.index(stage) and needed.parent.name.endswith(step.record[-3:])
+    assert sum(len(stage) for stage in stages) == 3 * (4 + 5)
+
+    (tmp_path / "probe").mkdir()
+    linear = {"CRD": [60.0, 61.0, 62.0], "KD": [55.0, 58.0, 56.0], "random": [59.0, 61.0, 60.0]}
+    for seed in (0, 1):  # seed 2 not finished
+        rows = {name: [] for name in ("ab_crd_linear", "ab_kd_linear")}
+        rows["ab_crd_linear"] += [{"checkpoint": "runs/x/last.pt", "top1": linear["CRD"][seed]},
+                                  {"checkpoint": cm.RANDOM, "top1": linear["random"][seed]}]
+        rows["ab_kd_linear"].append({"checkpoint": "runs/y/last.pt", "top1": linear["KD"][seed]})
+        for name, found in rows.items():
+            (tmp_path / "probe" / f"{name}_s{seed}.json").write_text(json.dumps({"results": {"rows": found}}))
+    numbers = cm.top1s(b, [0, 1, 2], so_far=True)
+    assert numbers["CRD", "linear"] == {0: 60.0, 1: 61.0} and numbers["random", "linear"] == {0: 59.0, 1: 61.0}
+    assert numbers["supervised", "linear"] == {} and ("supervised", "finetune") not in numbers
+    found = {(c["claim"], c["probe"]): c for c in cm.claims(numbers)}
+    assert set(found) == {("CRD > random", "linear"), ("CRD > KD", "linear")}
+    # CRD - KD = 60.5 - 56.5 = 4.0 over seeds 0, 1; Welch t = 4 / sqrt(0.5 / 2 + 4.5 / 2) = 2.53
+    assert found["CRD > KD", "linear"]["difference"] == 4.0 and found["CRD > KD", "linear"]["welch_t"] == 2.53
+    assert found["CRD > KD", "linear"]["holds"] and found["CRD > random", "linear"]["seeds"] == [0, 1]
+    assert not found["CRD > random", "linear"]["holds"]  # +0.5, t 0.45
+    assert "| ab, CRD student of the L teacher | no (teacher's embedding) | 60.50 ± 0.71 (60.00, 61.00) | - |" in \
+        "\n".join(cm.table(numbers))
