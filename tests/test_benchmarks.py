@@ -460,7 +460,7 @@ def test_budget_reuses_the_ablation_and_compression_runs_and_reports_the_gap_per
             for run, value in zip(names[passes][method], values):
                 (tmp_path / "records" / f"{run}.json").write_text(json.dumps(
                     {"summary": {"final_test_top1": value}, "budget": {"passes": float(passes)}, "command": run}))
-    budget.report(b, {"path": teacher, "test_top1": 87.9}, [0, 1], names)
+    budget.report(b, {"path": teacher, "test_top1": 87.9, "passes": 39.94}, [0, 1], names)
     data = json.loads((tmp_path / "benchmarks/results/budget.json").read_text())["results"]["by_passes"]
     assert data["5"]["gap_per_seed"] == {"0": 2.5, "1": 1.0} and data["5"]["gap_mean"] == 1.75
     assert data["15"]["gap_per_seed"]["0"] == pytest.approx(-0.4) and data["45"]["gap_mean"] == 1.4
@@ -472,16 +472,21 @@ def test_budget_reuses_the_ablation_and_compression_runs_and_reports_the_gap_per
     for method, top1, status in (("vanilla", 84.5, "done"), ("crd", 86.0, "partial")):
         (tmp_path / f"benchmarks/results/gpu_budget_cifar10_240ep_{method}_s0.json").write_text(json.dumps(
             {"status": status, "device": "NVIDIA H200", "summary": {"final_test_top1": top1}}))
-    budget.report(b, {"path": teacher, "test_top1": 87.9}, [0, 1], names)
+    budget.report(b, {"path": teacher, "test_top1": 87.9, "passes": 39.94}, [0, 1], names)
     assert "240" not in json.loads((tmp_path / "benchmarks/results/budget.json").read_text())["results"]["by_passes"]
     path = tmp_path / "benchmarks/results/gpu_budget_cifar10_240ep_crd_s0.json"
     path.write_text(path.read_text().replace("partial", "done"))
-    budget.report(b, {"path": teacher, "test_top1": 87.9}, [0, 1], names)
+    budget.report(b, {"path": teacher, "test_top1": 87.9, "passes": 39.94}, [0, 1], names)
     data = json.loads((tmp_path / "benchmarks/results/budget.json").read_text())["results"]["by_passes"]
     assert data["240"]["gap_per_seed"] == {"0": 1.5} and data["240"]["device"] == "NVIDIA H200"
     text = (tmp_path / "benchmarks/results/budget.md").read_text()
     assert "| 240 (GPU, seed 0 only) | 84.50 | 84.50 | 86.00 | 86.00 | +1.50 | +1.50 |" in text
     assert "The 240-pass row ran on NVIDIA H200" in text
+    from benchmarks import readme  # the README's table of the same file
+
+    text = readme.block(tmp_path / "benchmarks/results")
+    assert "| 45 | 82.10 ± 0.14 (82.00, 82.20) | 83.50 ± 0.71 (84.00, 83.00) | +2.00, +0.80 | +1.40 ± 0.85 |" in text
+    assert "| 240 (NVIDIA H200) | 84.50 ± 0.00 (84.50) | 86.00 ± 0.00 (86.00) | +1.50 | +1.50 ± 0.00 |" in text
 
 
 def test_quick_mode_lowers_crd_k_only_where_the_config_s_own_k_is_larger():
@@ -551,3 +556,47 @@ def test_crossmodal_seeds_run_each_seed_s_probes_beside_the_next_seed_s_training
     assert not found["CRD > random", "linear"]["holds"]  # +0.5, t 0.45
     assert "| ab, CRD student of the L teacher | no (teacher's embedding) | 60.50 ± 0.71 (60.00, 61.00) | - |" in \
         "\n".join(cm.table(numbers))
+
+
+def test_readme_results_block_is_the_one_the_committed_results_files_give():
+    from benchmarks import readme
+
+    assert readme.main(["--check"]) == 0, "README.md's results block is stale: run python -m benchmarks.readme"
+
+
+def test_readme_block_renders_a_finished_compression_table_and_lists_the_unfinished(tmp_path, monkeypatch):
+    """compression.report's results file -> the README's table (per-seed numbers, gains, claims), and an experiment
+    without a results file is named with its command; a README without markers is refused, naming them."""
+    import json
+    from types import SimpleNamespace
+
+    from benchmarks import readme
+
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["compression"])
+    b = Bench(name="compression_cifar10", runs=tmp_path / "runs", records=tmp_path / "records", module="compression")
+    (tmp_path / "records").mkdir()
+    p = compression.profile("cifar10")
+    top1 = {"vanilla": [79.0, 80.0, 79.5], "KD": [81.0, 82.0, 81.5], "CRD": [80.0, 81.0, 80.5],
+            "CRD+KD": [82.5, 82.0, 82.0]}
+    budget = {"epochs": 15, "steps_per_epoch": 781, "batch": 64, "images_seen": 749760, "train_size": 50000,
+              "passes": 15.0}
+    for method, values in top1.items():
+        for seed, value in enumerate(values):
+            (tmp_path / "records" / f"{compression.run_name(p, method, seed)}.json").write_text(json.dumps(
+                {"summary": {"final_test_top1": value}, "budget": budget, "command": "x"}))
+    teacher = {"path": "teachers/t.pt", "test_top1": 87.9, "passes": 39.94}
+    compression.report(b, p, teacher, [0, 1, 2], SimpleNamespace(dataset="cifar10", profile="cpu"), list(top1))
+    text = readme.block(tmp_path / "benchmarks/results")
+    assert "(`benchmarks/results/compression_cifar10.md`; `python -m benchmarks.compression`;" in text
+    assert ("Budget: each student 15 epochs x 781 steps x 64 images (749,760 images seen, 15 passes over 50,000); "
+            "teacher `teachers/t.pt` (39.94 passes, test top-1 87.90); seeds 0, 1, 2.") in text
+    assert "| labels only (vanilla) | 79.50 ± 0.50 (79.00, 80.00, 79.50) | - |" in text
+    assert "| CRD+KD | 82.17 ± 0.29 (82.50, 82.00, 82.00) | +2.67 |" in text
+    # CRD - vanilla = 1.0, both stds 0.5: Welch t = 1 / sqrt(0.25 / 3 * 2) = 2.45
+    assert "| CRD > vanilla | +1.00 | 2.45 | yes |" in text and "| CRD > KD | -1.00 | -2.45 | no |" in text
+    assert "**Compression, Tiny-ImageNet-100: resnet20 -> resnet8**: not finished yet (`python -m " in text
+    assert text.startswith(readme.BEGIN) and text.endswith(readme.END)
+    with pytest.raises(SystemExit, match="markers"):
+        readme.rewritten("# a README without the block\n", text)
+    assert readme.rewritten(f"a\n{readme.BEGIN}\nold\n{readme.END}\nb\n", text) == f"a\n{text}\nb\n"
