@@ -20,12 +20,16 @@ Checks:
 5. crd_speed on the device (the CPU benchmark's two parts: loss alone vs the reference algorithm; whole
    resnet32x4 -> resnet8x4 steps +KD vs +CRD).
 
+With --out, the numbers (each check, the teach and distill tables, crd_speed's record) also go to the .json
+beside the report.
+
 On the H200 where it first ran (benchmarks/results/gpu_check.md) it took longer than the 8 minutes it aims
 at: each command's process start-up took 15-75 s there. `--skip` drops checks to fit a shorter lease.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -47,6 +51,7 @@ class Report:
     def __init__(self):
         self.checks: list[tuple[str, bool, str, float]] = []
         self.sections: list[str] = []
+        self.results: dict = {}  # the numbers behind the sections, for the JSON record
 
     def run(self, name: str, fn) -> object:
         print(f"\n=== {name}", flush=True)
@@ -115,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--skip", nargs="*", default=[], help="checks to skip: crd speed teach amp compile distill ddp")
     args = parser.parse_args(argv)
+    command = f"bash benchmarks/gpu_check.sh {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible (torch.cuda.is_available() is False); run with --device cpu "
               "--quick to check the script on a CPU", file=sys.stderr)
@@ -157,7 +163,7 @@ def main(argv=None) -> int:
         return f"{n} train images (rgb, L, ab, 32 px) in {data}{note}"
 
     if report.run("prepare offline data", prepare) is None:
-        return finish(report, args, env_line, started, work)
+        return finish(report, args, env_line, started, work, command)
 
     # ------------------------------------------------------------------ 1. CRD on the device
     def crd_on_device():
@@ -232,13 +238,20 @@ def main(argv=None) -> int:
                 teacher_ckpt = runs / name / "best.pt"
         if teach_rows:
             fp32 = teach_rows[0][1] if teach_rows[0][0] == "fp32" else None
-            lines = [f"## teach resnet32x4 (32 px, batch {sizes['batch']}, {sizes['epochs']} epochs x "
-                     f"{sizes['steps']} steps, loader workers {base['data']['workers']})", "",
+            teach = report.results["teach"] = {
+                "arch": "resnet32x4", "batch": sizes["batch"], "epochs": sizes["epochs"], "steps": sizes["steps"],
+                "loader_workers": base["data"]["workers"],
+                "rows": [{"setting": label, "images_per_s": ips, "vs_fp32": ips / fp32 if fp32 else None,
+                          "final_train_loss": loss, "test_top1": top1, "wall_s": wall}
+                         for label, ips, top1, loss, wall in teach_rows]}
+            lines = [f"## teach resnet32x4 (32 px, batch {teach['batch']}, {teach['epochs']} epochs x "
+                     f"{teach['steps']} steps, loader workers {teach['loader_workers']})", "",
                      "| setting | images/s (last epoch) | vs fp32 | final train loss | test top-1 | wall s (with start-up) |",
                      "|---|---|---|---|---|---|"]
-            for label, ips, top1, loss, wall in teach_rows:
-                ratio = f"{ips / fp32:.2f}x" if fp32 else "-"
-                lines.append(f"| {label} | {ips:.0f} | {ratio} | {loss:.3f} | {top1:.2f} | {wall:.0f} |")
+            for r in teach["rows"]:
+                ratio = f"{r['vs_fp32']:.2f}x" if r["vs_fp32"] is not None else "-"
+                lines.append(f"| {r['setting']} | {r['images_per_s']:.0f} | {ratio} | {r['final_train_loss']:.3f} | "
+                             f"{r['test_top1']:.2f} | {r['wall_s']:.0f} |")
             report.sections.append("\n".join(lines))
 
     # ------------------------------------------------------------------ 3. distill
@@ -265,11 +278,16 @@ def main(argv=None) -> int:
             report.run(f"distill resnet32x4 -> resnet8x4 {label} (bf16, channels_last)", distill)
         if distill_rows:
             kd = distill_rows[0][1]
-            lines = [f"## distill resnet32x4 -> resnet8x4 (bf16 + channels_last, batch {sizes['batch']}, "
-                     f"K {sizes['k']})", "", "| losses | images/s (last epoch) | vs +KD | final train loss | test top-1 |",
-                     "|---|---|---|---|---|"]
-            for label, ips, top1, loss in distill_rows:
-                lines.append(f"| {label} | {ips:.0f} | {kd / ips:.2f}x time | {loss:.3f} | {top1:.2f} |")
+            distill = report.results["distill"] = {
+                "teacher": "resnet32x4", "student": "resnet8x4", "batch": sizes["batch"], "k": sizes["k"],
+                "rows": [{"losses": label, "images_per_s": ips, "time_vs_kd": kd / ips, "final_train_loss": loss,
+                          "test_top1": top1} for label, ips, top1, loss in distill_rows]}
+            lines = [f"## distill resnet32x4 -> resnet8x4 (bf16 + channels_last, batch {distill['batch']}, "
+                     f"K {distill['k']})", "",
+                     "| losses | images/s (last epoch) | vs +KD | final train loss | test top-1 |", "|---|---|---|---|---|"]
+            for r in distill["rows"]:
+                lines.append(f"| {r['losses']} | {r['images_per_s']:.0f} | {r['time_vs_kd']:.2f}x time | "
+                             f"{r['final_train_loss']:.3f} | {r['test_top1']:.2f} |")
             report.sections.append("\n".join(lines))
 
     # ------------------------------------------------------------------ 4. DDP, one process
@@ -322,30 +340,39 @@ def main(argv=None) -> int:
                 "--out", str(out)])
             text = out.read_text()
             report.sections.append(text.replace("# CRD speed", "## CRD speed", 1).replace("\n## ", "\n### "))
+            report.results["crd_speed"] = json.loads(out.with_suffix(".json").read_text())
             return "table below"
 
         report.run("crd_speed on the device", crd_speed)
 
-    return finish(report, args, env_line, started, work)
+    return finish(report, args, env_line, started, work, command)
 
 
-def finish(report: Report, args, env_line: str, started: float, work: Path) -> int:
-    failed = [c for c in report.checks if not c[1]]
-    lines = ["# GPU check", "", f"Command: `bash benchmarks/gpu_check.sh {' '.join(sys.argv[1:])}`".rstrip(),
-             f"Device: {env_line}", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"total {time.perf_counter() - started:.0f} s; {len(report.checks) - len(failed)} of "
-             f"{len(report.checks)} checks passed.", "", "| check | result | seconds | detail |", "|---|---|---|---|"]
-    for name, ok, detail, seconds in report.checks:
-        lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {seconds:.0f} | {detail.replace('|', '/')} |")
+def finish(report: Report, args, env_line: str, started: float, work: Path, command: str) -> int:
+    from benchmarks.common import git_commit, machine_line
+
+    checks = [{"check": name, "passed": ok, "detail": detail, "seconds": seconds}
+              for name, ok, detail, seconds in report.checks]
+    record = {"command": command, "machine": machine_line(args.device), "commit": git_commit(),
+              "torch": torch.__version__, "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "device": env_line, "total_s": time.perf_counter() - started,
+              "passed": sum(c["passed"] for c in checks), "checks": checks, **report.results}
+    lines = ["# GPU check", "", f"Command: `{record['command']}`", f"Device: {record['device']}",
+             f"Date: {record['written']}; total {record['total_s']:.0f} s; {record['passed']} of "
+             f"{len(checks)} checks passed.", "", "| check | result | seconds | detail |", "|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['check']} | {'PASS' if c['passed'] else 'FAIL'} | {c['seconds']:.0f} | "
+                     f"{c['detail'].replace('|', '/')} |")
     text = "\n".join(lines + [""] + [s + "\n" for s in report.sections])
     print("\n" + text, flush=True)
     if args.out:
         from crossmodal.tempfiles import atomic_write_text
 
         atomic_write_text(args.out, text)
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    return len(failed)
+    return len(checks) - record["passed"]
 
 
 if __name__ == "__main__":

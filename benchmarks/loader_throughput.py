@@ -13,7 +13,8 @@ benchmarks/results/loader_throughput_encoded.md.
 Measures: (1) the per-row h5py read cost with different chunk-cache settings, (2) samples/s of a
 DataLoader over PreparedDataset (batch 64, shuffle, crop 32 pad 4 + flip) with 0 and 2 workers,
 preload off and on, for rgb (teach) and L+ab (cross-modal L -> ab), (3) images/s of resnet8x4
-training steps. Writes the table and the exact command to benchmarks/results/loader_throughput.md.
+training steps. Writes the table and the exact command to benchmarks/results/loader_throughput.md (or --out),
+and the same numbers to the .json beside it (both modes).
 """
 from __future__ import annotations
 
@@ -40,8 +41,12 @@ from crossmodal.data.dataset import PreparedDataset
 from crossmodal.data.schema import SCHEMA_VERSION
 from crossmodal.data.transforms import PairedAugment
 from crossmodal.modalities import to_float
+from crossmodal.tempfiles import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.common import git_commit, machine_line  # noqa: E402
+
 DEFAULT_TARBALL = REPO.parent / "shared" / "data" / "cifar10.tar.gz"
 BATCH = 64
 NOTES = [
@@ -282,9 +287,21 @@ def encoded_file(path: Path) -> tuple[list[str], str]:
                      f"(`{path.name}`)")
 
 
-def encoded_main(args) -> None:
+def stamp(command: str, where: str) -> dict:
+    """The fields each results JSON starts with: command, machine, commit, torch, time, the report's machine line."""
+    return {"command": command, "machine": machine_line(), "commit": git_commit(), "torch": torch.__version__,
+            "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "environment": where}
+
+
+def write_both(out: Path, lines: list[str], record: dict) -> None:
+    """Write the markdown report and the JSON record beside it, each atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+
+
+def encoded_main(args, command: str) -> None:
     """The --encoded benchmark (see the module doc)."""
-    command = "python " + shlex.join(sys.argv)
     where = machine()
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory(prefix="loader-encoded-bench-")
@@ -310,20 +327,34 @@ def encoded_main(args) -> None:
     for line in skipped:
         print(f"skipped (the file has no such split): {line}")
     rows = []
+
+    def add(label, transform, split, workers, rate, first, cpu_ms):
+        cores = min(max(workers, 1), 2)
+        rows.append({"modalities": label, "transform": transform, "split": split, "workers": workers,
+                     "samples_per_s": rate, "first_batch_s": first, "cpu_ms_per_sample": cpu_ms, "idle_cores": cores,
+                     "idle_samples_per_s": 1000 * cores / cpu_ms})
+
     for label, transform, modalities, augment, split in settings:
         if split not in present:
             continue
         for workers in ((0, 2) if modalities == ["rgb"] and split == "train" else (2,)):
             rate, first, cpu_ms = encoded_rate(path, modalities, augment, workers, args.batches, split)
-            rows.append((label, transform, split, workers, rate, first, cpu_ms))
+            add(label, transform, split, workers, rate, first, cpu_ms)
             print(f"{label:15s} {transform:30s} {split:5s} workers={workers}: {rate:6.0f} samples/s "
                   f"(first batch after {first:.2f} s), {cpu_ms:.2f} CPU ms per sample")
     if args.decode_device:
         device = torch.device(args.decode_device)
         rate, first, cpu_ms = gpu_decode_rate(path, device, 2, args.batches)
-        rows.append(("rgb", f"RandomResizedCrop 224 + flip, data.decode cuda on {device}", "train", 2, rate, first,
-                     cpu_ms))
+        add("rgb", f"RandomResizedCrop 224 + flip, data.decode cuda on {device}", "train", 2, rate, first, cpu_ms)
         print(f"rgb decoded on {device}: {rate:6.0f} samples/s, {cpu_ms:.2f} CPU ms per sample")
+    two = next(r for r in rows if r["modalities"] == "rgb" and r["split"] == "train" and r["workers"] == 2)
+    record = {**stamp(command, where), "data": data, "batch": BATCH, "batches": args.batches, "skipped": skipped,
+              "loader": rows, "per_image_us": costs,
+              "target": {"samples_per_s": 800, "measured_samples_per_s": two["samples_per_s"],
+                         "verdict": "meets" if two["samples_per_s"] >= 800 else "MISSES",
+                         "cpu_ms_per_sample": two["cpu_ms_per_sample"],
+                         "two_idle_cores_samples_per_s": 2000 / two["cpu_ms_per_sample"]}}
+    target = record["target"]
     lines = ["# Loader throughput on encoded JPEG rows (ImageNet path), 224 px", "",
              f"Command: `{command}`  ", f"Machine: {where}  ",
              f"Data: {data}.", "",
@@ -332,16 +363,17 @@ def encoded_main(args) -> None:
              "= 1).", "",
              "| modalities | transform | split | workers | samples/s (measured) | first batch (s) | CPU ms per sample "
              "(main + workers) | samples/s the cores it may use would give when idle |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {t} | {s} | {w} | {rate:.0f} | {first:.2f} | {cpu:.2f} | {1000 * min(max(w, 1), 2) / cpu:.0f} "
-              f"({min(max(w, 1), 2)} core{'s' if w > 1 else ''}) |" for m, t, s, w, rate, first, cpu in rows]
+    lines += [f"| {r['modalities']} | {r['transform']} | {r['split']} | {r['workers']} | {r['samples_per_s']:.0f} | "
+              f"{r['first_batch_s']:.2f} | {r['cpu_ms_per_sample']:.2f} | {r['idle_samples_per_s']:.0f} "
+              f"({r['idle_cores']} core{'s' if r['workers'] > 1 else ''}) |" for r in rows]
     lines += ["", "Per-image costs in one process (wall clock, so they grow with the machine's load; median of 3 rounds of "
               "640 images):", ""]
     lines += [f"- {label}: {us:.0f} us" for label, us in costs.items()]
-    two = next(r for r in rows if r[0] == "rgb" and r[2] == "train" and r[3] == 2)
-    lines += ["", f"Target: the 2-core loader feeds at least 800 images/s at 224 px (rgb, training transform). "
-              f"Measured here: {two[4]:.0f} samples/s with 2 workers: {'meets' if two[4] >= 800 else 'MISSES'} the "
-              f"target at this load. The loader's processes spent {two[6]:.2f} CPU ms per sample, so two cores of "
-              f"their own would give about {2000 / two[6]:.0f} samples/s (2,000 CPU ms per second / CPU ms per "
+    lines += ["", f"Target: the 2-core loader feeds at least {target['samples_per_s']} images/s at 224 px (rgb, "
+              f"training transform). Measured here: {target['measured_samples_per_s']:.0f} samples/s with 2 workers: "
+              f"{target['verdict']} the target at this load. The loader's processes spent "
+              f"{target['cpu_ms_per_sample']:.2f} CPU ms per sample, so two cores of their own would give about "
+              f"{target['two_idle_cores_samples_per_s']:.0f} samples/s (2,000 CPU ms per second / CPU ms per "
               "sample; an estimate, not a measurement).",
               "", "Notes:",
               "- Other jobs (trainings) shared the 2 cores during the measurement (see the load average above); "
@@ -351,14 +383,11 @@ def encoded_main(args) -> None:
               "default collate, in the worker).",
               "- L and ab are derived per sample after decoding (CIE Lab of the 224x224 crop), which costs more "
               "than the JPEG decode itself."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text("\n".join(lines) + "\n")
-    os.replace(partial, args.out)
+    write_both(args.out, lines, record)
     print(f"wrote {args.out}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_TARBALL, help="CIFAR-10 JPEG tarball")
     parser.add_argument("--h5", type=Path, help="prepared file to reuse, or where to keep the one built")
@@ -368,15 +397,15 @@ def main() -> None:
     parser.add_argument("--decode-device", default=None,
                         help="with --encoded: also time data.decode cuda, decoding each batch on this device "
                              "(cuda on a GPU machine; cpu runs the same path for a check)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/loader_throughput.py", *(sys.argv[1:] if argv is None else argv)])
     results = REPO / "benchmarks" / "results"
     if args.encoded:
         args.out = args.out or results / "loader_throughput_encoded.md"
         args.batches = min(args.batches, 30)
-        encoded_main(args)
+        encoded_main(args, command)
         return
     args.out = args.out or results / "loader_throughput.md"
-    command = "python " + shlex.join(sys.argv)
     where = machine()
     torch.set_num_threads(1)
 
@@ -405,51 +434,57 @@ def main() -> None:
         for workers in (0, 2):
             for preload in (False, True):
                 rate, first = loader_rate(path, modalities, workers, preload, args.batches)
-                rows.append((",".join(modalities), workers, preload, rate, first))
-                print(f"{rows[-1][0]:5s} workers={workers} preload={preload!s:5s}: {rate:8.0f} samples/s "
+                rows.append({"modalities": ",".join(modalities), "workers": workers, "preload": preload,
+                             "samples_per_s": rate, "first_batch_s": first})
+                print(f"{rows[-1]['modalities']:5s} workers={workers} preload={preload!s:5s}: {rate:8.0f} samples/s "
                       f"(first batch after {first:.2f} s)")
-    train = {threads: train_rate(threads) for threads in (1, os.cpu_count() or 1)}
-    for threads, rate in train.items():
-        if rate is not None:
-            print(f"resnet8x4 training, {threads} thread(s): {rate:.0f} images/s")
-    write_report(args.out, command, where, built_by, n_train, compression, reads, rows, train, args.batches)
+    train = [{"threads": threads, "images_per_s": train_rate(threads)} for threads in (1, os.cpu_count() or 1)]
+    for t in train:
+        if t["images_per_s"] is not None:
+            print(f"resnet8x4 training, {t['threads']} thread(s): {t['images_per_s']:.0f} images/s")
+    record = {**stamp(command, where), "data": {"built_by": built_by, "n_train": n_train, "compression": compression},
+              "batch": BATCH, "batches": args.batches, "row_read_us": reads, "loader": rows, "training": train,
+              "target": None}
+    write_report(args.out, record)
     print(f"wrote {args.out}")
 
 
-def write_report(out: Path, command: str, where: str, built_by: str, n_train: int, compression: str,
-                 reads: dict, rows: list, train: dict, batches: int) -> None:
-    """Write the markdown results file atomically."""
+def write_report(out: Path, record: dict) -> None:
+    """Write the markdown results file and its numbers (`record`, with the target filled in) as JSON beside it."""
+    data = record["data"]
     lines = ["# Loader throughput (PreparedDataset + DataLoader) vs resnet8x4 training", "",
-             f"Command: `{command}`  ", f"Machine: {where}  ",
-             f"Data: CIFAR-10 train ({n_train} JPEG-decoded images, 32x32) prepared with {built_by}; "
-             f"chunks (1, C, H, W), compression {compression}.", "",
-             f"Loader: batch {BATCH}, shuffle, crop 32 pad 4 + flip, drop_last; {batches} timed batches after "
-             "the first; main process torch threads = 1.", "",
+             f"Command: `{record['command']}`  ", f"Machine: {record['environment']}  ",
+             f"Data: CIFAR-10 train ({data['n_train']} JPEG-decoded images, 32x32) prepared with {data['built_by']}; "
+             f"chunks (1, C, H, W), compression {data['compression']}.", "",
+             f"Loader: batch {record['batch']}, shuffle, crop 32 pad 4 + flip, drop_last; {record['batches']} timed "
+             "batches after the first; main process torch threads = 1.", "",
              "| modalities | workers | preload | samples/s | first batch (s) |", "|---|---|---|---|---|"]
-    lines += [f"| {m} | {w} | {'on' if p else 'off'} | {rate:.0f} | {first:.2f} |" for m, w, p, rate, first in rows]
+    lines += [f"| {r['modalities']} | {r['workers']} | {'on' if r['preload'] else 'off'} | {r['samples_per_s']:.0f} | "
+              f"{r['first_batch_s']:.2f} |" for r in record["loader"]]
     lines += ["", "Per-row h5py read of train/rgb (random rows, one 3x32x32 uint8 chunk each; median of 5 interleaved "
               "rounds of 2000 reads):", ""]
-    lines += [f"- {label}: {us:.1f} us" for label, us in reads.items()]
+    lines += [f"- {label}: {us:.1f} us" for label, us in record["row_read_us"].items()]
     lines += [""]
-    measured = {t: r for t, r in train.items() if r is not None}
+    measured = [t for t in record["training"] if t["images_per_s"] is not None]
     if measured:
-        lines += [f"- resnet8x4 training (batch {BATCH}, SGD, forward+backward+step), {t} thread(s): {r:.0f} images/s"
-                  for t, r in measured.items()]
-        need = max(measured.values())
-        best_rgb = max(r[3] for r in rows if r[0] == "rgb")
-        slowest_rgb = min(r[3] for r in rows if r[0] == "rgb")
+        lines += [f"- resnet8x4 training (batch {record['batch']}, SGD, forward+backward+step), {t['threads']} "
+                  f"thread(s): {t['images_per_s']:.0f} images/s" for t in measured]
+        need = max(t["images_per_s"] for t in measured)
+        best_rgb = max(r["samples_per_s"] for r in record["loader"] if r["modalities"] == "rgb")
+        slowest_rgb = min(r["samples_per_s"] for r in record["loader"] if r["modalities"] == "rgb")
         verdict = "meets" if slowest_rgb >= 10 * need else ("meets (best setting only)" if best_rgb >= 10 * need
                                                              else "MISSES")
-        lines += ["", f"Target: loader >= 10x training consumption = {10 * need:.0f} samples/s. "
-                  f"rgb loader: {slowest_rgb:.0f} (slowest setting) to {best_rgb:.0f} (best) samples/s, "
-                  f"{slowest_rgb / need:.1f}x to {best_rgb / need:.1f}x: {verdict} the target."]
+        target = record["target"] = {"samples_per_s": 10 * need, "slowest_rgb_samples_per_s": slowest_rgb,
+                                     "best_rgb_samples_per_s": best_rgb, "slowest_vs_training": slowest_rgb / need,
+                                     "best_vs_training": best_rgb / need, "verdict": verdict}
+        lines += ["", f"Target: loader >= 10x training consumption = {target['samples_per_s']:.0f} samples/s. "
+                  f"rgb loader: {target['slowest_rgb_samples_per_s']:.0f} (slowest setting) to "
+                  f"{target['best_rgb_samples_per_s']:.0f} (best) samples/s, {target['slowest_vs_training']:.1f}x to "
+                  f"{target['best_vs_training']:.1f}x: {target['verdict']} the target."]
     else:
         lines += ["- resnet8x4 is not in crossmodal.models yet: training consumption not measured."]
     lines += ["", *NOTES]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text("\n".join(lines) + "\n")
-    os.replace(partial, out)
+    write_both(out, lines, record)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,18 @@ stats, HDF5 write, rename), timed end to end. CPU time is the child's user + sys
 "CPU / wall" shows how much of the machine the run used. Then the first 10,000 train rows of the
 file are rewritten with each HDF5 compression filter to show why the file is uncompressed.
 Outputs go to a temporary folder that is deleted afterwards; results to
-benchmarks/results/prepare_throughput.md.
+benchmarks/results/prepare_throughput.md (or --out), and the same numbers to the .json beside it.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
 import re
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,9 @@ from pathlib import Path
 from crossmodal.tempfiles import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.common import git_commit, machine_line  # noqa: E402
+
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "cifar10.tar.gz"
 RESULTS = REPO / "benchmarks" / "results" / "prepare_throughput.md"
 IMAGES = 60_000
@@ -63,8 +68,9 @@ def run_once(src: Path, workers: int, out_dir: Path) -> dict:
         raise SystemExit(f"prepare failed ({result.returncode}): {result.stderr.strip()}")
     written = re.search(r"in ([\d.]+) s", result.stdout)
     size_mb = out.stat().st_size / 1e6
-    return {"out": out, "workers": workers, "wall": wall, "images_per_s": IMAGES / wall,
-            "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"out": out, "workers": workers, "wall": wall, "images_per_s": IMAGES / wall, "cpu": cpu,
+            "cpu_per_wall": cpu / wall, "images_per_cpu_s": IMAGES / cpu,
             "write_seconds": float(written.group(1)) if written else float("nan"), "load_before": load,
             "size_mb": size_mb, "command": "python -m cli " + " ".join(command[3:]).replace(str(out), "OUT.h5")}
 
@@ -99,7 +105,22 @@ def compression_study(prepared: Path, n: int = 10_000) -> list[dict]:
         rows.append({"filter": label, "write": write, "mb": path.stat().st_size / 1e6,
                      "read_ms": (time.perf_counter() - started) / len(picks) * 1e3})
         path.unlink()
+    for row in rows:
+        row["write_vs_none"], row["mb_change_vs_none"] = row["write"] / rows[0]["write"], row["mb"] / rows[0]["mb"] - 1
     return rows
+
+
+def stamp(command: str) -> dict:
+    """The fields each results JSON starts with: command, machine, commit, torch and when it was written."""
+    return {"command": command, "machine": machine_line(), "commit": git_commit(), "torch": version("torch"),
+            "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def write_both(out: Path, text: str, record: dict) -> None:
+    """Write the markdown report and the JSON record beside it, each atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
 
 
 def report(runs: list[dict], src: Path, others: list[str], compression: list[dict]) -> str:
@@ -121,7 +142,7 @@ def report(runs: list[dict], src: Path, others: list[str], compression: list[dic
         "| 1-min load before | file MB |",
         "|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['workers']} | {r['wall']:.1f} | {r['images_per_s']:,.0f} | {r['cpu']:.1f} | "
-          f"{r['cpu'] / r['wall']:.2f} | {IMAGES / r['cpu']:,.0f} | {r['write_seconds']:.1f} | "
+          f"{r['cpu_per_wall']:.2f} | {r['images_per_cpu_s']:,.0f} | {r['write_seconds']:.1f} | "
           f"{r['load_before']:.1f} | {r['size_mb']:.0f} |" for r in runs),
         "",
         "`of which writing` is the time the command itself reports for `write_prepared` (decode, Lab,",
@@ -135,7 +156,6 @@ def report(runs: list[dict], src: Path, others: list[str], compression: list[dic
         "```",
     ]
     if compression:
-        base = compression[0]
         lines += [
             "",
             "## Compression (why the file is uncompressed)",
@@ -145,8 +165,8 @@ def report(runs: list[dict], src: Path, others: list[str], compression: list[dic
             "",
             "| filter | write s | vs none | file MB | vs none | random read ms/sample |",
             "|---|---|---|---|---|---|",
-            *(f"| {r['filter']} | {r['write']:.2f} | {r['write'] / base['write']:.1f}x | {r['mb']:.0f} | "
-              f"{r['mb'] / base['mb'] - 1:+.0%} | {r['read_ms']:.3f} |" for r in compression),
+            *(f"| {r['filter']} | {r['write']:.2f} | {r['write_vs_none']:.1f}x | {r['mb']:.0f} | "
+              f"{r['mb_change_vs_none']:+.0%} | {r['read_ms']:.3f} |" for r in compression),
             "",
             "Natural 32x32 images stored as uint8 and float16 compress little: the filters make writing",
             "several times slower and random reads (the training path) slower too, for a modestly smaller",
@@ -205,7 +225,7 @@ def synthesise_large(src: Path, out: Path, count: int) -> int:
     return made
 
 
-def encoded_benchmark(workers: int) -> None:
+def encoded_benchmark(workers: int, out: Path, command: str) -> None:
     """Encoded storage: Imagenette 224 px as-is, synthesised 500x375 as-is and with --max-side 256."""
     if not ENCODED_SRC.exists():
         raise SystemExit(f"{ENCODED_SRC}: not found (the shared data folder ../shared/data beside the repository)")
@@ -268,20 +288,25 @@ def encoded_benchmark(workers: int) -> None:
         *others,
         "```",
     ]
-    atomic_write_text(ENCODED_RESULTS, "\n".join(lines) + "\n")
-    print(f"wrote {ENCODED_RESULTS}")
+    record = {**stamp(command), "source": str(ENCODED_SRC), "workers": workers,
+              "runs": [{"input": label, **r} for label, r in rows], "others": others}
+    write_both(out, "\n".join(lines) + "\n", record)
+    print(f"wrote {out}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     """Parse arguments, run each worker count, print and save the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--skip-compression", action="store_true", help="skip the compression comparison")
     parser.add_argument("--encoded", action="store_true", help="measure --encoding jpeg on Imagenette instead")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="markdown report (and .json beside it) "
+                        f"[default: {RESULTS.relative_to(REPO)}, {ENCODED_RESULTS.relative_to(REPO)} with --encoded]")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/prepare_throughput.py", *(sys.argv[1:] if argv is None else argv)])
     if args.encoded:
-        encoded_benchmark(int(args.workers.split(",")[-1]))
+        encoded_benchmark(int(args.workers.split(",")[-1]), args.out or ENCODED_RESULTS, command)
         return
     if not args.src.exists():
         raise SystemExit(f"{args.src}: not found (the shared data folder ../shared/data beside the repository)")
@@ -298,8 +323,12 @@ def main() -> None:
             print(f"{row['filter']}: write {row['write']:.2f} s, {row['mb']:.0f} MB, "
                   f"read {row['read_ms']:.3f} ms/sample")
     text = report(runs, args.src, others, compression)
-    atomic_write_text(RESULTS, text)
-    print(f"wrote {RESULTS}")
+    record = {**stamp(command), "source": str(args.src), "images": IMAGES,
+              "runs": [{k: v for k, v in r.items() if k != "out"} for r in runs], "compression": compression,
+              "others": others}
+    out = args.out or RESULTS
+    write_both(out, text, record)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

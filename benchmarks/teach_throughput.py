@@ -9,8 +9,9 @@ For each architecture, alternately (to share the machine's noise fairly) and `--
   the Trainer's own `images_per_s` of the second epoch (the first pays one-time start-up costs).
 - bare: the same model and optimiser, batch 64 sliced from an in-memory tensor (no augmentation,
   no loader): forward, cross-entropy, backward, step; timed after one warm-up step.
-The medians and their ratio are printed as a Markdown table. Without --data a 32x32, 100-class
-prepared file is generated (throughput does not depend on the pixels).
+The medians and their ratio are printed as a Markdown table; --out also writes it (with the command and the
+machine) to a markdown file, and the numbers (medians and every repeat) to the .json beside it. Without --data a
+32x32, 100-class prepared file is generated (throughput does not depend on the pixels).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -35,6 +37,10 @@ from crossmodal.engine.logging import get_logger, read_metrics
 from crossmodal.models import build_model
 from crossmodal.sections import AugmentConfig, DataConfig, EngineConfig, ModelConfig, OptimConfig
 from crossmodal.tasks.teach import TeachConfig, run_teach
+from crossmodal.tempfiles import atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import git_commit, machine_line  # noqa: E402
 
 BATCH = 64
 
@@ -92,23 +98,31 @@ def bare_images_per_s(data: Path, arch: str, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def main() -> None:
-    """Measure, print a Markdown table and the machine."""
+def main(argv=None) -> None:
+    """Measure, print a Markdown table and the machine; with --out write them, and the numbers as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="prepared file with a 32x32 rgb train split (default: synthetic)")
     parser.add_argument("--archs", nargs="+", default=["resnet8x4", "resnet32x4"])
     parser.add_argument("--steps", nargs="+", type=int, default=[20, 5], help="timed steps per arch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="also write the table to this markdown file (and .json beside it)")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/teach_throughput.py", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     get_logger().setLevel("WARNING")  # no per-epoch lines in the table output
+    record = {"command": command, "machine": machine_line(), "commit": git_commit(), "torch": torch.__version__,
+              "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
+              "repeats": args.repeats, "batch": BATCH, "data": str(args.data) if args.data else "synthetic",
+              "load_before": os.getloadavg()[0], "results": [], "load_after": None}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = args.data or synthetic_prepared(tmp / "bench.h5")
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-              f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
-        print("\n| arch | steps | engine img/s | bare img/s | engine / bare |\n|---|---|---|---|---|")
+        where = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+                 f"torch {torch.__version__}, {args.threads} threads, load average {record['load_before']:.1f}")
+        print(where, flush=True)
+        table = ["| arch | steps | engine img/s | bare img/s | engine / bare |", "|---|---|---|---|---|"]
+        print("\n" + "\n".join(table))
         for arch, steps in zip(args.archs, args.steps):
             engine, bare = [], []
             for r in range(args.repeats):
@@ -117,8 +131,25 @@ def main() -> None:
                 print(f"  {arch} repeat {r}: engine {engine[-1]:.1f}, bare {bare[-1]:.1f} img/s",
                       file=sys.stderr, flush=True)
             e, b = statistics.median(engine), statistics.median(bare)
-            print(f"| {arch} | {steps} | {e:.1f} | {b:.1f} | {e / b:.3f} |", flush=True)
-        print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+            row = {"arch": arch, "steps": steps, "engine_images_per_s": e, "bare_images_per_s": b,
+                   "engine_over_bare": e / b, "engine_per_repeat": engine, "bare_per_repeat": bare}
+            record["results"].append(row)
+            table.append(f"| {row['arch']} | {row['steps']} | {row['engine_images_per_s']:.1f} | "
+                         f"{row['bare_images_per_s']:.1f} | {row['engine_over_bare']:.3f} |")
+            print(table[-1], flush=True)
+        record["load_after"] = os.getloadavg()[0]
+        print(f"\nload average after: {record['load_after']:.1f}")
+    if args.out is not None:
+        lines = ["# `teach` throughput: the engine vs a bare PyTorch loop (CPU)", "", f"Command: `{command}`", "",
+                 where, "", *table, "", "Per repeat (engine img/s, bare img/s):", ""]
+        for r in record["results"]:
+            pairs = zip(r["engine_per_repeat"], r["bare_per_repeat"])
+            lines.append(f"- {r['arch']}: " + ", ".join(f"({e:.1f}, {b:.1f})" for e, b in pairs))
+        lines += ["", f"load average after: {record['load_after']:.1f}"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

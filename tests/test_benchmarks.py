@@ -600,3 +600,208 @@ def test_readme_block_renders_a_finished_compression_table_and_lists_the_unfinis
     with pytest.raises(SystemExit, match="markers"):
         readme.rewritten("# a README without the block\n", text)
     assert readme.rewritten(f"a\n{readme.BEGIN}\nold\n{readme.END}\nb\n", text) == f"a\n{text}\nb\n"
+
+
+# ------------------------------------------------------------------------- speed benchmarks: JSON beside the table
+def jpeg_archive(path: Path, side: int, counts: dict[str, int]) -> Path:
+    """A .tgz of <root>/<split>/c<0|1>/NNNN.jpg: smooth side x side JPEGs, `counts` images per split folder."""
+    import io
+    import tarfile
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in counts.items():
+            for i in range(n):
+                image = np.stack([ramp[None].repeat(side, 0), ramp[:, None].repeat(side, 1),
+                                  np.full((side, side), 80.0 * (i % 2))], -1)
+                image = np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
+                data = cv2.imencode(".jpg", image)[1].tobytes()
+                info = tarfile.TarInfo(f"tiny/{split}/c{i % 2}/{i:04d}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def stamped_record(out: Path, command: str) -> dict:
+    """The JSON beside report `out`, checked for the fields every speed record carries."""
+    import json
+    import time
+
+    import torch
+
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["command"] == command
+    assert record["machine"] == common.machine_line() and record["commit"] == common.git_commit()
+    assert record["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    time.strptime(record["written"], "%Y-%m-%d %H:%M UTC")
+    return record
+
+
+def test_loader_throughput_writes_the_numbers_of_its_table_as_json(tmp_path, monkeypatch, make_prepared):
+    from benchmarks import loader_throughput
+
+    monkeypatch.setattr(loader_throughput, "BATCH", 8)  # every measurement at its smallest
+    reads, train = loader_throughput.row_read_cost, loader_throughput.train_rate
+    monkeypatch.setattr(loader_throughput, "row_read_cost", lambda path: reads(path, reads=20, rounds=1))
+    monkeypatch.setattr(loader_throughput, "train_rate", lambda threads: train(1, steps=1))
+    h5, out = make_prepared(splits={"train": 32}, size=32), tmp_path / "loader.md"
+    loader_throughput.main(["--h5", str(h5), "--batches", "1", "--out", str(out)])
+    record = stamped_record(out, f"python benchmarks/loader_throughput.py --h5 {h5} --batches 1 --out {out}")
+    report = out.read_text()
+    assert record["batch"] == 8 and record["data"]["n_train"] == 32 and len(record["loader"]) == 8
+    for r in record["loader"]:
+        assert (f"| {r['modalities']} | {r['workers']} | {'on' if r['preload'] else 'off'} | "
+                f"{r['samples_per_s']:.0f} | {r['first_batch_s']:.2f} |") in report
+    assert len(record["row_read_us"]) == 3
+    for label, us in record["row_read_us"].items():
+        assert f"- {label}: {us:.1f} us" in report
+    for t in record["training"]:
+        assert f"{t['threads']} thread(s): {t['images_per_s']:.0f} images/s" in report
+    target = record["target"]
+    assert (f"= {target['samples_per_s']:.0f} samples/s. rgb loader: {target['slowest_rgb_samples_per_s']:.0f} "
+            f"(slowest setting) to {target['best_rgb_samples_per_s']:.0f} (best) samples/s, "
+            f"{target['slowest_vs_training']:.1f}x to {target['best_vs_training']:.1f}x: {target['verdict']} the "
+            "target.") in report
+
+
+def test_loader_throughput_encoded_writes_the_numbers_of_its_table_as_json(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from benchmarks import loader_throughput
+    from cli.main import app
+
+    src, h5, out = jpeg_archive(tmp_path / "src.tgz", 224, {"train": 72, "val": 72}), tmp_path / "enc.h5", \
+        tmp_path / "encoded.md"
+    result = CliRunner().invoke(app, ["prepare", "imagefolder", str(src), "--out", str(h5), "--encoding", "jpeg",
+                                      "-j", "1"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(loader_throughput, "BATCH", 8)  # 8 timed batches of 8: more than the workers prefetch
+    costs = loader_throughput.encoded_costs
+    monkeypatch.setattr(loader_throughput, "encoded_costs", lambda path: costs(path, reads=16))
+    loader_throughput.main(["--encoded", "--h5", str(h5), "--batches", "8", "--out", str(out)])
+    record = stamped_record(out, f"python benchmarks/loader_throughput.py --encoded --h5 {h5} --batches 8 "
+                                 f"--out {out}")
+    report = out.read_text()
+    assert [(r["modalities"], r["split"], r["workers"]) for r in record["loader"]] == [
+        ("rgb", "train", 0), ("rgb", "train", 2), ("rgb", "test", 2), ("L,ab (derived)", "train", 2)]
+    for r in record["loader"]:
+        assert (f"| {r['modalities']} | {r['transform']} | {r['split']} | {r['workers']} | {r['samples_per_s']:.0f} | "
+                f"{r['first_batch_s']:.2f} | {r['cpu_ms_per_sample']:.2f} | {r['idle_samples_per_s']:.0f} "
+                f"({r['idle_cores']} core") in report
+    assert len(record["per_image_us"]) == 3
+    for label, us in record["per_image_us"].items():
+        assert f"- {label}: {us:.0f} us" in report
+    target = record["target"]
+    assert target["measured_samples_per_s"] == record["loader"][1]["samples_per_s"]
+    assert (f"Measured here: {target['measured_samples_per_s']:.0f} samples/s with 2 workers: {target['verdict']} "
+            f"the target at this load. The loader's processes spent {target['cpu_ms_per_sample']:.2f} CPU ms per "
+            f"sample, so two cores of their own would give about {target['two_idle_cores_samples_per_s']:.0f} "
+            "samples/s") in report
+
+
+def test_prepare_throughput_writes_the_numbers_of_its_tables_as_json(tmp_path):
+    from benchmarks import prepare_throughput
+
+    src, out = jpeg_archive(tmp_path / "src.tgz", 32, {"train": 8, "test": 4}), tmp_path / "prepare.md"
+    prepare_throughput.main(["--src", str(src), "--workers", "1", "--out", str(out)])
+    record = stamped_record(out, f"python benchmarks/prepare_throughput.py --src {src} --workers 1 --out {out}")
+    report = out.read_text()
+    assert record["source"] == str(src) and [r["workers"] for r in record["runs"]] == [1]
+    for r in record["runs"]:
+        assert (f"| {r['workers']} | {r['wall']:.1f} | {r['images_per_s']:,.0f} | {r['cpu']:.1f} | "
+                f"{r['cpu_per_wall']:.2f} | {r['images_per_cpu_s']:,.0f} | {r['write_seconds']:.1f} | "
+                f"{r['load_before']:.1f} | {r['size_mb']:.0f} |") in report
+        assert r["command"] in report and "out" not in r
+    assert [r["filter"] for r in record["compression"]] == ["none", "lzf", "gzip level 1"]
+    for r in record["compression"]:
+        assert (f"| {r['filter']} | {r['write']:.2f} | {r['write_vs_none']:.1f}x | {r['mb']:.0f} | "
+                f"{r['mb_change_vs_none']:+.0%} | {r['read_ms']:.3f} |") in report
+    assert record["others"] and all(line in report for line in record["others"])
+
+
+def test_prepare_throughput_encoded_writes_the_numbers_of_its_table_as_json(tmp_path, monkeypatch):
+    from benchmarks import prepare_throughput
+
+    src = jpeg_archive(tmp_path / "src.tgz", 64, {"train": 4, "val": 4})
+    monkeypatch.setattr(prepare_throughput, "ENCODED_SRC", src)
+    out = tmp_path / "encoded.md"
+    prepare_throughput.main(["--encoded", "--workers", "1", "--out", str(out)])
+    record = stamped_record(out, f"python benchmarks/prepare_throughput.py --encoded --workers 1 --out {out}")
+    report = out.read_text()
+    assert record["source"] == str(src) and len(record["runs"]) == 3
+    assert [r["images"] for r in record["runs"]][1:] == [8, 8]  # the synthesised tar: the 4 train + 4 val images
+    for r in record["runs"]:
+        assert (f"| {r['input']} | {r['images']} | {r['write']:.2f} | {r['write_rate']:,.0f} | {r['wall']:.2f} | "
+                f"{r['end_to_end_rate']:,.0f} | {r['cpu']:.2f} | {r['per_cpu_s']:,.0f} | {r['load_before']:.1f} | "
+                f"{r['mb']:.0f} |") in report
+
+
+def test_teach_throughput_writes_its_table_and_the_numbers_as_json(tmp_path):
+    from benchmarks import teach_throughput
+    from crossmodal.engine.logging import get_logger
+
+    out, level = tmp_path / "teach.md", get_logger().level
+    argv = ["--archs", "resnet8", "--steps", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    try:
+        teach_throughput.main(argv)
+    finally:
+        get_logger().setLevel(level)
+    record = stamped_record(out, "python benchmarks/teach_throughput.py " + " ".join(argv))
+    report = out.read_text()
+    assert record["threads"] == 1 and record["data"] == "synthetic" and len(record["results"]) == 1
+    r = record["results"][0]
+    assert r["arch"] == "resnet8" and len(r["engine_per_repeat"]) == len(r["bare_per_repeat"]) == 1
+    assert r["engine_over_bare"] == r["engine_images_per_s"] / r["bare_images_per_s"]
+    assert (f"| resnet8 | 1 | {r['engine_images_per_s']:.1f} | {r['bare_images_per_s']:.1f} | "
+            f"{r['engine_over_bare']:.3f} |") in report
+    assert f"- resnet8: ({r['engine_per_repeat'][0]:.1f}, {r['bare_per_repeat'][0]:.1f})" in report
+
+
+def test_gpu_check_writes_the_numbers_of_its_report_as_json(tmp_path, monkeypatch):
+    """The script's own bookkeeping on a CPU: the commands it would run are stood in for (each run's last epoch is
+    made up, different per run; crd_speed writes a small record), the data and CRD checks run for real."""
+    import itertools
+    import json
+
+    from benchmarks import gpu_check
+
+    speed = {"loss_alone": [{"k": 512, "variant": "ours, shared", "ms_per_step": 1.25}], "training_step": None}
+
+    def sh(cmd, **kwargs):
+        if "benchmarks/crd_speed.py" in cmd:
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.write_text("# CRD speed (cpu)\n\n| K | variant | ms/step |\n|---|---|---|\n| 512 | ours, shared | 1.2 |\n")
+            out.with_suffix(".json").write_text(json.dumps(speed))
+        return ""
+
+    count = itertools.count(1)
+    monkeypatch.setattr(gpu_check, "sh", sh)
+    monkeypatch.setattr(gpu_check, "last_epoch", lambda run_dir: (lambda k: {
+        "images_per_s": 1000.0 + 137.25 * k, "test_top1": 10.0 + k / 3, "train_loss": 1.0 / k})(next(count)))
+    out = tmp_path / "gpu.md"
+    argv = ["--device", "cpu", "--quick", "--skip", "ddp", "--work", str(tmp_path / "work"), "--out", str(out)]
+    assert gpu_check.main(argv) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    report = out.read_text()
+    assert record["command"] == "bash benchmarks/gpu_check.sh " + " ".join(argv)
+    assert record["machine"] == common.machine_line() and record["commit"] == common.git_commit()
+    assert record["torch"] == __import__("torch").__version__ and record["written"] in report
+    assert f"{record['passed']} of {len(record['checks'])} checks passed" in report and record["passed"] == 9
+    for c in record["checks"]:
+        assert f"| {c['check']} | PASS | {c['seconds']:.0f} | {c['detail']} |" in report
+    rows = record["teach"]["rows"]
+    assert [r["setting"] for r in rows] == ["fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + compile"]
+    assert rows[0]["vs_fp32"] == 1.0 and rows[3]["vs_fp32"] == rows[3]["images_per_s"] / rows[0]["images_per_s"]
+    for r in rows:
+        assert (f"| {r['setting']} | {r['images_per_s']:.0f} | {r['vs_fp32']:.2f}x | {r['final_train_loss']:.3f} | "
+                f"{r['test_top1']:.2f} | {r['wall_s']:.0f} |") in report
+    rows = record["distill"]["rows"]
+    assert [r["losses"] for r in rows] == ["+KD", "+KD+CRD"] and record["distill"]["k"] == 512
+    for r in rows:
+        assert (f"| {r['losses']} | {r['images_per_s']:.0f} | {r['time_vs_kd']:.2f}x time | "
+                f"{r['final_train_loss']:.3f} | {r['test_top1']:.2f} |") in report
+    assert record["crd_speed"] == speed and "| 512 | ours, shared | 1.2 |" in report
