@@ -41,7 +41,6 @@ from benchmarks.common import git_commit, machine_line  # noqa: E402
 
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "cifar10.tar.gz"
 RESULTS = REPO / "benchmarks" / "results" / "prepare_throughput.md"
-IMAGES = 60_000
 
 
 def busiest_processes(n: int = 6) -> list[str]:
@@ -51,6 +50,23 @@ def busiest_processes(n: int = 6) -> list[str]:
     last = listing[listing.rfind("top - "):].splitlines()  # the second sample: CPU % over 1 s, not since boot
     table = next(i for i, line in enumerate(last) if line.lstrip().startswith("PID"))
     return [line.rstrip() for line in last[:3] + last[table:table + n + 1]]
+
+
+def prepared_images(path: Path) -> int:
+    """Rows in all splits of a prepared file: the images the run wrote."""
+    from crossmodal.data.schema import open_prepared
+
+    f, info = open_prepared(path)
+    f.close()
+    return sum(split["n"] for split in info["splits"].values())
+
+
+def write_seconds(stdout: str, command: list[str]) -> float:
+    """The write time `prepare` prints ('... in N s'); a run that does not print it is refused, naming it."""
+    written = re.search(r"in ([\d.]+) s", stdout)
+    if written is None:
+        raise SystemExit(f"`{shlex.join(command)}` printed no 'in N s' write time: {stdout.strip()[-200:]!r}")
+    return float(written.group(1))
 
 
 def run_once(src: Path, workers: int, out_dir: Path) -> dict:
@@ -66,12 +82,12 @@ def run_once(src: Path, workers: int, out_dir: Path) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"prepare failed ({result.returncode}): {result.stderr.strip()}")
-    written = re.search(r"in ([\d.]+) s", result.stdout)
     size_mb = out.stat().st_size / 1e6
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"out": out, "workers": workers, "wall": wall, "images_per_s": IMAGES / wall, "cpu": cpu,
-            "cpu_per_wall": cpu / wall, "images_per_cpu_s": IMAGES / cpu,
-            "write_seconds": float(written.group(1)) if written else float("nan"), "load_before": load,
+    images = prepared_images(out)
+    return {"out": out, "workers": workers, "wall": wall, "images": images, "images_per_s": images / wall,
+            "cpu": cpu, "cpu_per_wall": cpu / wall, "images_per_cpu_s": images / cpu,
+            "write_seconds": write_seconds(result.stdout, command), "load_before": load,
             "size_mb": size_mb, "command": "python -m cli " + " ".join(command[3:]).replace(str(out), "OUT.h5")}
 
 
@@ -126,7 +142,7 @@ def write_both(out: Path, text: str, record: dict) -> None:
 def report(runs: list[dict], src: Path, others: list[str], compression: list[dict]) -> str:
     """The results page in Markdown."""
     lines = [
-        "# `crossmodal prepare` throughput (CIFAR-10, 60,000 JPEGs -> rgb, L, ab)",
+        f"# `crossmodal prepare` throughput (CIFAR-10, {runs[0]['images']:,} JPEGs -> rgb, L, ab)",
         "",
         f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}, torch {version('torch')}, opencv {version('opencv-python-headless')}, "
@@ -180,7 +196,7 @@ ENCODED_RESULTS = REPO / "benchmarks" / "results" / "prepare_throughput_encoded.
 LARGE_SIDE = (375, 500)  # (H, W) of the synthesised ImageNet-typical JPEGs
 
 
-def run_command(args: list[str], out: Path, images: int) -> dict:
+def run_command(args: list[str], out: Path) -> dict:
     """Run `python -m cli ARGS --out OUT` in a fresh process; wall, CPU (user+sys of it and its workers) and rates."""
     command = [sys.executable, "-m", "cli", *args, "--out", str(out)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -191,8 +207,8 @@ def run_command(args: list[str], out: Path, images: int) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"prepare failed ({result.returncode}): {result.stderr.strip()}")
-    written = re.search(r"in ([\d.]+) s", result.stdout)
-    write = float(written.group(1)) if written else float("nan")
+    write = write_seconds(result.stdout, command)
+    images = prepared_images(out)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall": wall, "write": write, "cpu": cpu, "images": images, "load_before": load,
             "end_to_end_rate": images / wall, "write_rate": images / write, "per_cpu_s": images / cpu,
@@ -235,8 +251,8 @@ def encoded_benchmark(workers: int, out: Path, command: str) -> None:
         tmp = Path(tmp)
         base = ["prepare", "imagefolder"]
         run = run_command(base + [str(ENCODED_SRC), "--encoding", "jpeg", "--workers", str(workers)],
-                          tmp / "224.h5", 5500)
-        size_kb = run["mb"] * 1e3 / 5500
+                          tmp / "224.h5")
+        size_kb = run["mb"] * 1e3 / run["images"]
         rows.append((f"Imagenette 224x224 (~{size_kb:.0f} kB), stored as they are", run))
         large = tmp / "large.tar"
         n_large = synthesise_large(ENCODED_SRC, large, 1600)
@@ -244,7 +260,7 @@ def encoded_benchmark(workers: int, out: Path, command: str) -> None:
         for label, extra in (("stored as they are", []), ("--max-side 256 (decoded at 1/1, resized, re-encoded)",
                                                           ["--max-side", "256"])):
             run = run_command(base + [str(large), "--encoding", "jpeg", "--workers", str(workers), *extra],
-                              tmp / "large.h5", n_large)
+                              tmp / "large.h5")
             (tmp / "large.h5").unlink()
             rows.append((f"synthesised 500x375 (~{size_kb:.0f} kB), {label}", run))
     for label, r in rows:
@@ -323,7 +339,7 @@ def main(argv=None) -> None:
             print(f"{row['filter']}: write {row['write']:.2f} s, {row['mb']:.0f} MB, "
                   f"read {row['read_ms']:.3f} ms/sample")
     text = report(runs, args.src, others, compression)
-    record = {**stamp(command), "source": str(args.src), "images": IMAGES,
+    record = {**stamp(command), "source": str(args.src), "images": runs[0]["images"],
               "runs": [{k: v for k, v in r.items() if k != "out"} for r in runs], "compression": compression,
               "others": others}
     out = args.out or RESULTS

@@ -711,6 +711,8 @@ def test_prepare_throughput_writes_the_numbers_of_its_tables_as_json(tmp_path):
     record = stamped_record(out, f"python benchmarks/prepare_throughput.py --src {src} --workers 1 --out {out}")
     report = out.read_text()
     assert record["source"] == str(src) and [r["workers"] for r in record["runs"]] == [1]
+    assert record["images"] == 12 and "(CIFAR-10, 12 JPEGs" in report  # counted in the file written, not assumed
+    assert record["runs"][0]["images_per_s"] == 12 / record["runs"][0]["wall"]
     for r in record["runs"]:
         assert (f"| {r['workers']} | {r['wall']:.1f} | {r['images_per_s']:,.0f} | {r['cpu']:.1f} | "
                 f"{r['cpu_per_wall']:.2f} | {r['images_per_cpu_s']:,.0f} | {r['write_seconds']:.1f} | "
@@ -733,11 +735,19 @@ def test_prepare_throughput_encoded_writes_the_numbers_of_its_table_as_json(tmp_
     record = stamped_record(out, f"python benchmarks/prepare_throughput.py --encoded --workers 1 --out {out}")
     report = out.read_text()
     assert record["source"] == str(src) and len(record["runs"]) == 3
-    assert [r["images"] for r in record["runs"]][1:] == [8, 8]  # the synthesised tar: the 4 train + 4 val images
+    assert [r["images"] for r in record["runs"]] == [8, 8, 8]  # rows written: 4 train + 4 val, from the files
     for r in record["runs"]:
         assert (f"| {r['input']} | {r['images']} | {r['write']:.2f} | {r['write_rate']:,.0f} | {r['wall']:.2f} | "
                 f"{r['end_to_end_rate']:,.0f} | {r['cpu']:.2f} | {r['per_cpu_s']:,.0f} | {r['load_before']:.1f} | "
                 f"{r['mb']:.0f} |") in report
+
+
+def test_prepare_throughput_refuses_a_run_that_prints_no_write_time():
+    from benchmarks import prepare_throughput
+
+    with pytest.raises(SystemExit, match="printed no 'in N s' write time"):
+        prepare_throughput.write_seconds("wrote 12 images\n", ["python", "-m", "cli", "prepare"])
+    assert prepare_throughput.write_seconds("wrote 12 images in 1.25 s\n", []) == 1.25
 
 
 def test_teach_throughput_writes_its_table_and_the_numbers_as_json(tmp_path):
