@@ -197,6 +197,9 @@ class Bench:
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         key = "summary" if step.done.name == "summary.json" else "results"  # a training run, or a probe's rows
         rec[key] = json.loads(step.done.read_text())
+        curve = read_curve(out_dir / "metrics.csv")
+        if curve is not None:
+            rec["curve"] = curve
         if (out_dir / "config.yaml").exists():  # a training run, or a finetune probe (a training run of its own)
             import yaml
 
@@ -370,6 +373,24 @@ def _fingerprint(cmd: list[str], root: Optional[Path] = None) -> dict[str, str]:
                 and path.is_file():
             found[part] = file_sha256(path)[:16]
     return found
+
+
+CURVE_COLUMNS = ("epoch", "lr", "train_top1", "test_top1")
+
+
+def read_curve(path: Path) -> Optional[dict]:
+    """A run's per-epoch curve from its metrics.csv: {column: [value per epoch]} for CURVE_COLUMNS present
+    (None when the file is absent or has no epoch column)."""
+    import csv
+
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "epoch" not in rows[0]:
+        return None
+    return {col: [int(r[col]) if col == "epoch" else float(r[col]) for r in rows]
+            for col in CURVE_COLUMNS if col in rows[0]}
 
 
 def run_budget(cfg: dict) -> dict:

@@ -170,6 +170,50 @@ def so_far(b: Bench, p: dict, seeds: list[int], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def mean_curve(curves: list) -> dict | None:
+    """{epoch: mean test top-1 over the seeds} from the seeds' recorded curves (None unless every seed has one,
+    all over the same epochs)."""
+    if not curves or any(c is None for c in curves) or any(c["epoch"] != curves[0]["epoch"] for c in curves):
+        return None
+    return {str(e): round(sum(c["test_top1"][i] for c in curves) / len(curves), 3)
+            for i, e in enumerate(curves[0]["epoch"])}
+
+
+def during_training(curves: dict[str, list]) -> list[str]:
+    """Markdown: each method's test top-1 (mean over seeds) at about six epochs of its run, and the epochs where
+    CRD's mean leads the labels-only mean (the methods' records must carry curves; a line saying so otherwise)."""
+    means = {m: mean_curve(c) for m, c in curves.items()}
+    if any(v is None for v in means.values()):
+        missing = [m for m, v in means.items() if v is None]
+        return ["", f"During training: not tabled (no per-epoch curve in the records of {', '.join(missing)})."]
+    epochs = list(next(iter(means.values())))
+    shown = sorted({epochs[round(i * (len(epochs) - 1) / 5)] for i in range(6)}, key=int)
+    lines = ["", "Test top-1 during training (mean over the seeds; each run's own cosine schedule, so an early epoch "
+             "is not a shorter run's end):", "",
+             "| method | " + " | ".join(f"epoch {e}" for e in shown) + " |", "|---|" + "---|" * len(shown)]
+    lines += [f"| {m} | " + " | ".join(f"{v[e]:.2f}" for e in shown) + " |" for m, v in means.items()]
+    if "CRD" in means and "vanilla" in means:
+        lead = [e for e in epochs if means["CRD"][e] > means["vanilla"][e]]
+        gaps = {e: means["CRD"][e] - means["vanilla"][e] for e in epochs}
+        widest = max(gaps, key=gaps.get)
+        lines += ["", f"CRD's mean is above the labels-only mean at {len(lead)} of {len(epochs)} epochs"
+                  + (f" (widest: {gaps[widest]:+.2f} at epoch {widest}; at the last epoch {gaps[epochs[-1]]:+.2f})."
+                     if lead else ".")]
+    return lines
+
+
+def plot_curves(ax, curves: dict[str, list]) -> None:
+    for method, per_seed in curves.items():
+        mean = mean_curve(per_seed)
+        if mean is not None:
+            ax.plot([int(e) for e in mean], list(mean.values()), label=method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.set_title("during training" if ax.lines else "during training: no curves recorded")
+    if ax.lines:
+        ax.legend(loc="lower right", fontsize=7)
+
+
 def report(b: Bench, p: dict, teacher: dict, seeds: list[int], args, methods: list[str] = METHODS) -> None:
     finals = {m: [b.summary(run_name(p, m, s))["final_test_top1"] for s in seeds] for m in methods}
     stats = {m: mean_std(v, sample=True) for m, v in finals.items()}
@@ -212,7 +256,10 @@ def report(b: Bench, p: dict, teacher: dict, seeds: list[int], args, methods: li
                        "welch_t": None if t is None else round(t, 2), "holds": holds})
         body.append(f"| {better} > {worse} | {diff:+.2f} | {'-' if t is None else f'{t:.2f}'} | "
                     f"{'yes' if holds else 'no'} |")
-    fig, (ax,) = new_figure(width=7)
+    curves = {m: [b.record(run_name(p, m, s)).get("curve") for s in seeds] for m in methods}
+    body += during_training(curves)
+    fig, (ax, ax_curve) = new_figure(ncols=2, width=6)
+    plot_curves(ax_curve, curves)
     xs = range(len(methods))
     ax.bar(xs, [stats[m][0] for m in methods], yerr=[stats[m][1] for m in methods], capsize=4, color="#4c72b0")
     ax.axhline(teacher["test_top1"], color="k", linestyle="--", linewidth=1, label=f"teacher {t_arch}")
@@ -228,6 +275,7 @@ def report(b: Bench, p: dict, teacher: dict, seeds: list[int], args, methods: li
         "methods": {m: {"per_seed": dict(zip(map(str, seeds), finals[m])), "mean": round(stats[m][0], 3),
                         "std": round(stats[m][1], 3)} for m in methods},
         "claims": claims, "paper": {"pair": p["paper"], **paper},
+        "test_top1_by_epoch": {m: mean_curve(c) for m, c in curves.items() if mean_curve(c) is not None},
     }
     b.write(f"Compression on {args.dataset}: {t_arch} -> {s_arch}", body, fig, results=results)
 

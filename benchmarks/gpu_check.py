@@ -192,7 +192,7 @@ def main(argv=None) -> int:
             finally:
                 if cuda:
                     torch.cuda.set_sync_debug_mode("default")
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if not all(torch.isfinite(torch.tensor(losses))):
             raise AssertionError(f"non-finite CRD loss: {losses}")
         return (f"K {sizes['k']}, N {n}, batch {b}: losses {', '.join(f'{v:.3f}' for v in losses)}; "

@@ -815,3 +815,28 @@ def test_gpu_check_writes_the_numbers_of_its_report_as_json(tmp_path, monkeypatc
         assert (f"| {r['losses']} | {r['images_per_s']:.0f} | {r['time_vs_kd']:.2f}x time | "
                 f"{r['final_train_loss']:.3f} | {r['test_top1']:.2f} |") in report
     assert record["crd_speed"] == speed and "| 512 | ours, shared | 1.2 |" in report
+
+
+def test_records_carry_each_run_s_curve_and_compression_tables_it_during_training(tmp_path):
+    """A finished run's record keeps its per-epoch curve from metrics.csv; the compression report tables the
+    seeds' mean at about six epochs and says where CRD's mean leads the labels-only mean."""
+    run = tmp_path / "m.csv"
+    run.write_text("epoch,lr,train_loss,train_top1,test_top1\n1,0.05,2.0,30.0,40.5\n2,0.01,1.5,50.0,55.25\n")
+    assert common.read_curve(run) == {"epoch": [1, 2], "lr": [0.05, 0.01], "train_top1": [30.0, 50.0],
+                                      "test_top1": [40.5, 55.25]}
+    assert common.read_curve(tmp_path / "absent.csv") is None
+
+    def curve(values):
+        return {"epoch": list(range(1, len(values) + 1)), "test_top1": values}
+
+    vanilla = [curve([40.0 + e for e in range(10)]), curve([42.0 + e for e in range(10)])]
+    crd = [curve([45.0 + e - (e if e > 6 else 0) for e in range(10)]), curve([45.0 + e for e in range(10)])]
+    text = "\n".join(compression.during_training({"vanilla": vanilla, "CRD": crd}))
+    assert "| method | epoch 1 | epoch 3 | epoch 5 | epoch 6 | epoch 8 | epoch 10 |" in text
+    assert "| vanilla | 41.00 | 43.00 | 45.00 | 46.00 | 48.00 | 50.00 |" in text
+    # CRD seed 0 falls to 45 from epoch 8 on: means 48.5 (epoch 8), 49.0 (9, level with vanilla), 49.5 (10)
+    assert "| CRD | 45.00 | 47.00 | 49.00 | 50.00 | 48.50 | 49.50 |" in text
+    assert "above the labels-only mean at 8 of 10 epochs (widest: +4.00 at epoch 1; at the last epoch -0.50)" in text
+    assert compression.mean_curve([curve([1.0, 2.0]), curve([3.0])]) is None  # different epochs: no mean
+    assert "not tabled (no per-epoch curve in the records of CRD)" in "\n".join(
+        compression.during_training({"vanilla": vanilla, "CRD": [None, crd[1]]}))
