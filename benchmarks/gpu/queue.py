@@ -10,8 +10,11 @@ A GPU slot is a bare machine with no network for 15 minutes in all, start includ
 `JOB_BUDGET_S` (8 minutes, leaving room for one rerun), takes at most 64 MiB of input (the repository's
 working tree, which travels whole, plus the data archive from ../shared/data, or a data file prepared here
 (`HOST_DATA`), and the files it carries from .gpu_state/), and returns at most 8 files of at most 16 MiB
-(results; a teacher's weights; a partial run's state when it fits). The order is the issue's:
-  a. `speed`: the speed targets (benchmarks.gpu.speed); `gpu_decode`: data.decode cuda on encoded 224-px JPEGs
+(results; a teacher's weights; a partial run's state when it fits). The order is the open issue's first, then
+the earlier issues':
+  a. benchmarks.budget's 240-pass point (CIFAR-10 resnet20 -> resnet8, labels only and CRD, seed 0: the CPU
+     configs with `--set optim.epochs=240`, which test whether the budget is why CRD does not lead at 15 passes);
+     `speed`: the speed targets (benchmarks.gpu.speed); `gpu_decode`: data.decode cuda on encoded 224-px JPEGs
      against the 2-worker CPU loader (benchmarks/loader_throughput.py --encoded --decode-device cuda), on the
      224-px Imagenette subset's train split prepared here with ImageNet's own JPEG bytes (`HOST_DATA`: the whole
      archive, 52 MiB, does not fit beside the working tree); `profile_crd`: where a CRD step's time goes
@@ -20,9 +23,7 @@ working tree, which travels whole, plus the data archive from ../shared/data, or
      `python -m benchmarks.teachers --only NAME --device cuda`, the CPU's own command, and comes back as
      teachers/NAME.pt with its teachers.json record (or, stopped at the budget, as a benchmarks.partial
      copy that the next slot continues from the committed tree);
-  c. benchmarks.budget's 240-pass point (CIFAR-10 resnet20 -> resnet8, labels only and CRD, seed 0: the CPU
-     configs with `--epochs 240`, which test whether the budget is why CRD does not lead at 15 passes), then
-     Table 1 on Tiny-ImageNet-100-32 with the paper's recipe (configs/cifar100/, 240 epochs): for
+  c. Table 1 on Tiny-ImageNet-100-32 with the paper's recipe (configs/cifar100/, 240 epochs): for
      vgg13 -> vgg8, then wrn_40_2 -> wrn_16_2, then resnet32x4 -> resnet8x4, the teacher and the vanilla,
      KD, CRD and CRD+KD students, seed 0 for every pair before seed 1;
   d. L -> ab on Imagenette-96 (CRD student of the converged L teacher, linear probe against random init), on a
@@ -179,7 +180,13 @@ class Job:
 
 def build_jobs() -> list[Job]:
     """The queue, in order (see the module docstring)."""
-    jobs = [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch"),
+    # First the open issue's deciding measurement: benchmarks.budget's 240-pass point (labels only and CRD).
+    jobs = [Job(f"budget_cifar10_{BUDGET_EPOCHS}ep_{method}_s0", "a", kind,
+                f"CIFAR-10 resnet8 {method} for {BUDGET_EPOCHS} passes (benchmarks.budget's longest point)",
+                config=config, dataset="cifar10", teacher_job=teacher_job,
+                extra=["--set", f"optim.epochs={BUDGET_EPOCHS}"])
+            for method, (kind, config, teacher_job) in BUDGET_RUNS.items()]
+    jobs += [Job("speed", "a", "speed", "speed targets: CRD+KD step, +CRD vs +KD, 240-epoch run, teach epoch"),
             Job("gpu_decode", "a", "decode", "data.decode cuda on encoded 224-px JPEGs against the 2-worker CPU loader",
                 dataset="imagenette224_train"),
             Job("profile_crd", "a", "profile", "where a CRD step's time goes: each part of the loss alone, its kernels")]
@@ -188,11 +195,6 @@ def build_jobs() -> list[Job]:
     for name, spec in TEACHERS.items():
         jobs.append(Job(f"teacher_{name}", "b", "teach", f"benchmark teacher {name} ({spec.config})",
                         config=spec.config, dataset=spec.dataset, seed=spec.seed))
-    for method, (kind, config, teacher_job) in BUDGET_RUNS.items():
-        jobs.append(Job(f"budget_cifar10_{BUDGET_EPOCHS}ep_{method}_s0", "c", kind,
-                        f"CIFAR-10 resnet8 {method} for {BUDGET_EPOCHS} passes (benchmarks.budget's longest point)",
-                        config=config, dataset="cifar10", teacher_job=teacher_job,
-                        extra=["--set", f"optim.epochs={BUDGET_EPOCHS}"]))
     for seed in (0, 1):
         for teacher, student in PAIRS:
             tjob = f"t1_{teacher}_teacher_s{seed}"
@@ -250,14 +252,9 @@ def _committed_b_teacher(job: Job) -> bool:
 
 
 def next_job(jobs: list[Job], results: Path | None = None, state: Path | None = None) -> Job | None:
-    """The first partial job in queue order (a started job is finished before another starts: its state is on
-    this machine and the device), else the first ready one."""
-    states = [(job, status(job, results, state)) for job in jobs]
-    for wanted in ("partial", "ready"):
-        for job, now in states:
-            if now == wanted:
-                return job
-    return None
+    """The first job in queue order that is partial or ready: a partial job continues before every job after it
+    (its state is committed or kept here, so a job before it loses nothing by going first)."""
+    return next((job for job in jobs if status(job, results, state) in ("partial", "ready")), None)
 
 
 # ------------------------------------------------------------------------------------------- inputs
