@@ -596,6 +596,10 @@ def test_readme_block_renders_a_finished_compression_table_and_lists_the_unfinis
     # CRD - vanilla = 1.0, both stds 0.5: Welch t = 1 / sqrt(0.25 / 3 * 2) = 2.45
     assert "| CRD > vanilla | +1.00 | 2.45 | yes |" in text and "| CRD > KD | -1.00 | -2.45 | no |" in text
     assert "**Compression, Tiny-ImageNet-100: resnet20 -> resnet8**: not finished yet (`python -m " in text
+    assert "During training" not in text  # the records carried no curves
+    assert readme._during({"vanilla": {"1": 50.0, "2": 60.0, "3": 70.0}, "CRD": {"1": 49.0, "2": 63.5, "3": 70.25}}) \
+        == ["", "During training (mean over the seeds): CRD above labels only at 2 of 3 epochs, by up to +3.50 "
+                "(epoch 2); +0.25 at the last."]
     assert text.startswith(readme.BEGIN) and text.endswith(readme.END)
     with pytest.raises(SystemExit, match="markers"):
         readme.rewritten("# a README without the block\n", text)
