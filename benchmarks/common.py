@@ -508,6 +508,14 @@ def mean_std(values: list[float], sample: bool = False) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / dof) ** 0.5
 
 
+def seeds_text(values: list[float]) -> str:
+    """'mean ± std (v0, v1, ...)' of per-seed numbers (sample std; '-' when there are none)."""
+    if not values:
+        return "-"
+    mean, std = mean_std(values, sample=True)
+    return f"{mean:.2f} ± {std:.2f} ({', '.join(f'{v:.2f}' for v in values)})"
+
+
 def welch_t(a: list[float], b: list[float]) -> Optional[float]:
     """(mean(a) - mean(b)) / sqrt(s_a^2/n_a + s_b^2/n_b) with sample stds: how many standard errors apart
     two sets of seeds are (None with fewer than 2 values on a side, or no spread at all)."""

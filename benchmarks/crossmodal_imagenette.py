@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from benchmarks import teachers
 from benchmarks.common import (REPO, Bench, Step, bench, budget_text, main_guard, mean_std, new_figure, paired_bars,
-                               parser, welch_t)
+                               parser, seeds_text, welch_t)
 
 L_TEACHER = "imagenette96_L_mobilenetv3"  # a benchmark teacher (benchmarks.teachers)
 AB_SUPERVISED = "imagenette_ab_mobilenetv3"
@@ -145,11 +145,8 @@ def claims(numbers: dict) -> list[dict]:
 
 
 def cell(values: dict) -> str:
-    """'mean ± std (v0, v1, ...)' of per-seed numbers ('-' when there are none)."""
-    if not values:
-        return "-"
-    mean, std = mean_std(list(values.values()), sample=True)
-    return f"{mean:.2f} ± {std:.2f} ({', '.join(f'{v:.2f}' for v in values.values())})"
+    """'mean ± std (v0, v1, ...)' of {seed: number} ('-' when there are none)."""
+    return seeds_text(list(values.values()))
 
 
 def table(numbers: dict) -> list[str]:

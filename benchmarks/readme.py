@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from benchmarks import common
-from benchmarks.common import budget_text, mean_std
+from benchmarks.common import budget_text, seeds_text
 from crossmodal.tempfiles import atomic_write_text
 
 BEGIN = "<!-- results:begin: written by `python -m benchmarks.readme` from benchmarks/results/*.json -->"
@@ -29,11 +29,8 @@ def _teacher(t: dict) -> str:
 
 
 def _per_seed(values: dict) -> str:
-    """'mean ± std (v0, v1, ...)' of per-seed numbers (sample std)."""
-    if not values:
-        return "-"
-    mean, std = mean_std(list(values.values()), sample=True)
-    return f"{mean:.2f} ± {std:.2f} ({', '.join(f'{v:.2f}' for v in values.values())})"
+    """'mean ± std (v0, v1, ...)' of {seed: number}."""
+    return seeds_text(list(values.values()))
 
 
 def _claims(claims: list[dict]) -> list[str]:
