@@ -311,12 +311,15 @@ def main(argv=None):
         rows = loss_alone(args, device, k)
         reference_ms = rows[0][1]
         for name, ms, sample_ms, peak in rows:
-            sampling = f"{sample_ms:.1f}" if sample_ms is not None else "-"
-            lines.append(f"| {k} | {name} | {ms:.1f} | {sampling} | {reference_ms / ms:.2f}x | {peak:.0f} |")
-            record["loss_alone"].append({"k": k, "variant": name, "ms_per_step": round(ms, 3),
-                                         "reference_sampling_ms": None if sample_ms is None else round(sample_ms, 3),
-                                         "speedup_vs_reference": round(reference_ms / ms, 3),
-                                         "peak_mib": round(peak, 1)})
+            # The table is written from the JSON's rounded numbers: formatting the raw float for the table and
+            # rounding it for the JSON can disagree in the last shown digit (1.04951 -> "1.0" but 1.05 -> "1.1").
+            row = {"k": k, "variant": name, "ms_per_step": round(ms, 3),
+                   "reference_sampling_ms": None if sample_ms is None else round(sample_ms, 3),
+                   "speedup_vs_reference": round(reference_ms / ms, 3), "peak_mib": round(peak, 1)}
+            record["loss_alone"].append(row)
+            sampling = "-" if row["reference_sampling_ms"] is None else f"{row['reference_sampling_ms']:.1f}"
+            lines.append(f"| {k} | {name} | {row['ms_per_step']:.1f} | {sampling} | "
+                         f"{row['speedup_vs_reference']:.2f}x | {row['peak_mib']:.0f} |")
             print(lines[-1], flush=True)
     if not args.skip_models:
         rows = whole_steps(args, device)
@@ -330,8 +333,9 @@ def main(argv=None):
             record["training_step"] = [{"setting": name, "ms_per_step": round(ms, 3),
                                         "vs_kd": round(ms / kd_ms, 3), "peak_mib": round(peak, 1)}
                                        for name, ms, peak in rows]
-            for name, ms, peak in rows:
-                lines.append(f"| {name} | {ms:.1f} | {ms / kd_ms:.2f}x | {peak:.0f} |")
+            for row in record["training_step"]:
+                lines.append(f"| {row['setting']} | {row['ms_per_step']:.1f} | {row['vs_kd']:.2f}x | "
+                             f"{row['peak_mib']:.0f} |")
                 print(lines[-1], flush=True)
     report = "\n".join(lines) + "\n"
     if args.out:
