@@ -547,6 +547,15 @@ def test_cuda_decode_is_refused_where_it_cannot_apply(files, tmp_path):
         PreparedDataset(files["96-jpeg"], "test", ["rgb", "L"], decode="cuda")
     with pytest.raises(ConfigError, match="decodes JPEG rows .* this split stores {'rgb': 'png'}"):
         PreparedDataset(files["96-png"], "test", ["rgb"], decode="cuda")
+    # A torchvision without its image codecs (deprecated in 0.29, to be removed): refused at config time.
+    import torchvision.io
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delattr(torchvision.io, "decode_jpeg")
+        with pytest.raises(ConfigError, match=r"needs torchvision.io.decode_jpeg, which torchvision \S+ does not "
+                                              r"provide .*; set data.decode: cpu"):
+            PreparedDataset(files["96-jpeg"], "test", ["rgb"], decode="cuda")
+    PreparedDataset(files["96-jpeg"], "test", ["rgb"], decode="cuda")  # restored: accepted again
     if torch.cuda.is_available():
         return
     from crossmodal.tasks.teach import run_teach

@@ -165,6 +165,10 @@ class PreparedDataset(Dataset):
             raise ConfigError(f"{where}: gives {self.encoded_source} only; {self.modalities} needs data.decode cpu")
         if self.augment is not None and self.augment.crop is not None:
             raise ConfigError(f"{where}: takes random_resized_crop or center_crop, not a padded crop")
+        from crossmodal.data.gpu_decode import missing_decoder
+
+        if (reason := missing_decoder()) is not None:
+            raise ConfigError(f"{where}: {reason}; set data.decode: cpu")
 
     @property
     def collate_fn(self):

@@ -15,10 +15,24 @@ functions run on the CPU (device "cpu") for the tests.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
 ENCODED_SUFFIX, GEOMETRY_SUFFIX = "_encoded", "_geometry"
+
+
+def missing_decoder() -> str | None:
+    """Why this torchvision cannot run decode_batch, or None when it can. torchvision deprecated its image
+    codecs in 0.29 (in favour of torchcodec) and says it will remove them; a torchvision without
+    `torchvision.io.decode_jpeg` fails at config time with this reason rather than at the first batch."""
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError as error:
+        version = getattr(sys.modules.get("torchvision"), "__version__", "?")
+        return f"needs torchvision.io.decode_jpeg, which torchvision {version} does not provide ({error})"
+    return None
 
 
 def collate(samples: list[dict]) -> dict:
