@@ -298,11 +298,11 @@ class Bench:
 
         self.results_dir.mkdir(parents=True, exist_ok=True)
         argv = sys.argv[1:] if argv is None else argv
-        lines = [f"# {title}", "", f"Machine: {machine_line()}, torch {torch.__version__}; "
-                 f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", *body, ""]
+        written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        lines = [f"# {title}", "", f"Machine: {machine_line()}, torch {torch.__version__}; written {written}.", "",
+                 *body, ""]
+        png = self.results_dir / f"{self.name}.png"
         if figure is not None:
-            png = self.results_dir / f"{self.name}.png"
-            save_figure(figure, png)
             lines += [f"![{title}]({png.name})", ""]
         reproduce = f"python -m benchmarks.{self.module or self.name}" + (" " + shlex.join(argv) if argv else "")
         lines += [f"Reproduce: `{reproduce}`", "",
@@ -310,16 +310,41 @@ class Bench:
         lines += list(dict.fromkeys(self.commands)) + ["```", ""]
         out = self.results_dir / f"{self.name}.md"
         text = "\n".join(lines)
-        atomic_write_text(out, text)
         data = {"experiment": self.name, "title": title, "reproduce": reproduce, "commit": git_commit(),
-                "machine": machine_line(), "torch": torch.__version__,
-                "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results or {},
+                "machine": machine_line(), "torch": torch.__version__, "written": written, "results": results or {},
                 "runs": {name: {k: rec.get(k) for k in ("command", "budget", "commit", "machine", "wall_s")}
                          for name in self.used for rec in [json.loads((self.records_dir / f"{name}.json").read_text())]},
                 "commands": list(dict.fromkeys(self.commands))}
+        if _same_report(out, text, data):
+            # Rerun over finished records: the same numbers. Rewriting would change only the date and commit,
+            # which makes a diff to commit and the README's results block (it cites the commit) stale.
+            print(f"{shown(out)}: unchanged (the same numbers and commands), kept as written on "
+                  f"{json.loads(out.with_suffix('.json').read_text())['written']}")
+            print(out.read_text())
+            return out
+        if figure is not None:
+            save_figure(figure, png)
+        atomic_write_text(out, text)
         atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
         print(text)
         return out
+
+
+_VOLATILE = ("commit", "written")  # what a report's rerun over the same records changes and nothing else
+
+
+def _same_report(out: Path, text: str, data: dict) -> bool:
+    """Whether `out` (.md and .json) already says `text` and `data` but for when it was written and at which commit
+    (the machine line's date, the JSON's commit and written)."""
+    try:
+        old_text, old_data = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    def strip_machine(t: str) -> list[str]:
+        return [line for line in t.splitlines() if not line.startswith("Machine: ")]
+    return (strip_machine(old_text) == strip_machine(text)
+            and {k: v for k, v in old_data.items() if k not in _VOLATILE}
+            == {k: v for k, v in json.loads(json.dumps(data)).items() if k not in _VOLATILE})
 
 
 def _config_has_loss(config: str, loss: str) -> bool:

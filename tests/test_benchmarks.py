@@ -210,6 +210,32 @@ def test_write_puts_a_json_beside_the_markdown(tmp_path, monkeypatch, make_prepa
     assert {"commit", "machine", "reproduce"} <= set(data)
 
 
+def test_write_keeps_a_report_whose_numbers_and_commands_did_not_change(tmp_path, monkeypatch, make_prepared):
+    """A rerun over finished records (the suite passes each finished experiment again) leaves the committed .md
+    and .json as they were: only the date and commit would change. New numbers rewrite both."""
+    import json
+
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    make_prepared(splits={"train": 40, "test": 10}, modalities=("rgb",), name="d.h5")
+    b = Bench(name="exp", runs=tmp_path / "runs", records=tmp_path / "records")
+    b.run_stage([fake_run(tmp_path, "a", 61.5)])
+    b.summary("a")
+    out = b.write("T", ["body"], results={"x": 61.5}, argv=[])
+    data = json.loads(out.with_suffix(".json").read_text())
+    data.update(commit="c0ffee0", written="2000-01-01 00:00 UTC")  # as if written at another commit and time
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    md = out.read_text().replace("written 20", "written 1999-")
+    out.write_text(md)
+    b.write("T", ["body"], results={"x": 61.5}, argv=[])
+    assert json.loads(out.with_suffix(".json").read_text())["commit"] == "c0ffee0" and out.read_text() == md
+    for body, x in ((["other body"], 61.5), (["other body"], 61.6)):  # the text changes, then a number alone
+        b.write("T", body, results={"x": x}, argv=[])
+        assert json.loads(out.with_suffix(".json").read_text())["commit"] != "c0ffee0", (body, x)
+        data = json.loads(out.with_suffix(".json").read_text())
+        data["commit"] = "c0ffee0"
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+
+
 def test_compression_builds_each_method_with_the_shared_teacher(tmp_path):
     b = Bench(name="t", runs=Path("runs"))
     p = compression.profile("cifar10", "cpu")
