@@ -3,6 +3,7 @@ whether the number of passes is why CRD's lead over labels alone, clear at 5 pas
 
     python -m benchmarks.budget --jobs 2        # vanilla and CRD at 5, 15 and 45 passes, seeds 0 and 1
     python -m benchmarks.budget --quick         # smoke run on the mini data
+    python -m benchmarks.budget --so-far        # the finished runs' numbers (and the running ones' epoch)
 
 The runs at 5 passes are the CRD ablation's (benchmarks.ablation: its reference setting and its labels-only
 student), those at 15 are the compression table's (benchmarks.compression): the same commands, so their records are
@@ -17,8 +18,8 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from benchmarks import ablation, compression, teachers
-from benchmarks.common import Bench, bench, main_guard, mean_std, new_figure, parser
+from benchmarks import ablation, common, compression, teachers
+from benchmarks.common import Bench, bench, main_guard, mean_std, new_figure, parser, read_curve
 from benchmarks.gpu.queue import BUDGET_EPOCHS
 
 LONG = 45  # passes of this experiment's own runs
@@ -71,14 +72,42 @@ def steps_and_names(b: Bench, data: str, teacher_path: str, seeds: list[int]):
 def main() -> None:
     ap = parser("budget", __doc__)
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds of every run")
+    ap.add_argument("--so-far", action="store_true",
+                    help="print the finished runs' final top-1 from their records and the unfinished ones' last "
+                         "epoch from their run folders; run and write nothing")
     args = ap.parse_args()
     b = bench("budget", args)
-    data = b.data("cifar10")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.so_far:
+        _, names = steps_and_names(b, "DATA", ablation.TEACHER, seeds)
+        print(so_far(b, names, seeds))
+        return
+    data = b.data("cifar10")
     teacher = teachers.teacher(b, ablation.TEACHER)
     steps, names = steps_and_names(b, data, teacher["path"], seeds)
     b.run_stage(steps)
     report(b, teacher, seeds, names)
+
+
+def so_far(b: Bench, names: dict, seeds: list[int]) -> str:
+    """Markdown: per budget and seed, each method's final top-1 where its record exists, else the last finished
+    epoch's test top-1 from its run folder (marked unfinished), else '-'; the gap where both are final."""
+    def cell(run: str, epochs: int) -> tuple[str, float | None]:
+        if (b.records_dir / f"{run}.json").exists():
+            top1 = b.summary(run)["final_test_top1"]
+            return f"{top1:.2f}", top1
+        curve = read_curve(common.REPO / b.runs / run / "metrics.csv")
+        if curve and curve["epoch"]:
+            return f"unfinished: {curve['test_top1'][-1]:.2f} at epoch {curve['epoch'][-1]} of {epochs}", None
+        return "-", None
+
+    lines = ["| passes | seed | vanilla | CRD | CRD - vanilla |", "|---|---|---|---|---|"]
+    for nominal, by_method in names.items():
+        for seed, vanilla_run, crd_run in zip(seeds, by_method["vanilla"], by_method["CRD"]):
+            (v_text, v), (c_text, c) = cell(vanilla_run, nominal), cell(crd_run, nominal)
+            gap = f"{c - v:+.2f}" if v is not None and c is not None else "-"
+            lines.append(f"| {nominal} | {seed} | {v_text} | {c_text} | {gap} |")
+    return "\n".join(lines)
 
 
 def report(b: Bench, teacher: dict, seeds: list[int], names: dict) -> None:

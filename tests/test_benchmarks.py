@@ -515,6 +515,25 @@ def test_budget_reuses_the_ablation_and_compression_runs_and_reports_the_gap_per
     assert "| 240 (NVIDIA H200) | 84.50 ± 0.00 (84.50) | 86.00 ± 0.00 (86.00) | +1.50 | +1.50 ± 0.00 |" in text
 
 
+def test_budget_so_far_shows_finished_runs_unfinished_epochs_and_gaps_only_between_finals(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import budget
+
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    b = Bench(name="budget", runs=Path("runs"), records=tmp_path / "records")
+    _, names = budget.steps_and_names(b, "d.h5", "t.pt", [0, 1])
+    (tmp_path / "records").mkdir()
+    for run, top1 in ((names[5]["vanilla"][0], 70.5), (names[5]["CRD"][0], 72.75), (names[45]["vanilla"][0], 81.0)):
+        (tmp_path / "records" / f"{run}.json").write_text(json.dumps({"summary": {"final_test_top1": top1}}))
+    running = tmp_path / "runs" / names[45]["CRD"][0]
+    running.mkdir(parents=True)
+    (running / "metrics.csv").write_text("epoch,lr,train_top1,test_top1\n1,0.05,30,40.5\n2,0.05,45,55.25\n")
+    lines = budget.so_far(b, names, [0, 1]).splitlines()
+    assert "| 5 | 0 | 70.50 | 72.75 | +2.25 |" in lines and "| 5 | 1 | - | - | - |" in lines
+    assert "| 45 | 0 | 81.00 | unfinished: 55.25 at epoch 2 of 45 | - |" in lines
+
+
 def test_quick_mode_lowers_crd_k_only_where_the_config_s_own_k_is_larger():
     """--quick's K 128 fits the mini sets; nyu18's config already asks for K 8 below its 10 frames, which stays."""
     b = Bench(name="t", quick=True, runs=Path("runs/quick"))
