@@ -79,7 +79,7 @@ def main() -> None:
     b = bench("budget", args)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.so_far:
-        _, names = steps_and_names(b, "DATA", ablation.TEACHER, seeds)
+        _, names = steps_and_names(b, "DATA", ablation.TEACHER, seeds)  # run names only: no data or teacher read
         print(so_far(b, names, seeds))
         return
     data = b.data("cifar10")

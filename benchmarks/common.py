@@ -315,11 +315,15 @@ class Bench:
                 "runs": {name: {k: rec.get(k) for k in ("command", "budget", "commit", "machine", "wall_s")}
                          for name in self.used for rec in [json.loads((self.records_dir / f"{name}.json").read_text())]},
                 "commands": list(dict.fromkeys(self.commands))}
-        if _same_report(out, text, data):
+        kept = _kept_report(out, text, data)
+        if kept is not None:
             # Rerun over finished records: the same numbers. Rewriting would change only the date and commit,
             # which makes a diff to commit and the README's results block (it cites the commit) stale.
-            print(f"{shown(out)}: unchanged (the same numbers and commands), kept as written on "
-                  f"{json.loads(out.with_suffix('.json').read_text())['written']}")
+            if figure is not None:
+                import matplotlib.pyplot as plt
+
+                plt.close(figure)
+            print(f"{shown(out)}: unchanged (the same numbers and commands), kept as written on {kept['written']}")
             print(out.read_text())
             return out
         if figure is not None:
@@ -333,18 +337,21 @@ class Bench:
 _VOLATILE = ("commit", "written")  # what a report's rerun over the same records changes and nothing else
 
 
-def _same_report(out: Path, text: str, data: dict) -> bool:
-    """Whether `out` (.md and .json) already says `text` and `data` but for when it was written and at which commit
-    (the machine line's date, the JSON's commit and written)."""
+def _kept_report(out: Path, text: str, data: dict) -> Optional[dict]:
+    """The JSON of `out` when `out` (.md and .json) already says `text` and `data` but for when it was written and
+    at which commit (the machine line's date, the JSON's commit and written); else None."""
     try:
         old_text, old_data = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+
     def strip_machine(t: str) -> list[str]:
         return [line for line in t.splitlines() if not line.startswith("Machine: ")]
-    return (strip_machine(old_text) == strip_machine(text)
+
+    same = (strip_machine(old_text) == strip_machine(text)
             and {k: v for k, v in old_data.items() if k not in _VOLATILE}
             == {k: v for k, v in json.loads(json.dumps(data)).items() if k not in _VOLATILE})
+    return old_data if same else None
 
 
 def _config_has_loss(config: str, loss: str) -> bool:
@@ -533,8 +540,9 @@ def mean_std(values: list[float], sample: bool = False) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / dof) ** 0.5
 
 
-def seeds_text(values: list[float]) -> str:
-    """'mean ± std (v0, v1, ...)' of per-seed numbers (sample std; '-' when there are none)."""
+def seeds_text(per_seed: dict) -> str:
+    """'mean ± std (v0, v1, ...)' of {seed: number} (sample std; '-' when there are none)."""
+    values = list(per_seed.values())
     if not values:
         return "-"
     mean, std = mean_std(values, sample=True)

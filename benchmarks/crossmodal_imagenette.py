@@ -144,17 +144,12 @@ def claims(numbers: dict) -> list[dict]:
     return out
 
 
-def cell(values: dict) -> str:
-    """'mean ± std (v0, v1, ...)' of {seed: number} ('-' when there are none)."""
-    return seeds_text(list(values.values()))
-
-
 def table(numbers: dict) -> list[str]:
     lines = ["| network | labels used in pretraining | linear probe top-1, mean ± std (per seed) | "
              "finetune top-1, mean ± std (per seed) |", "|---|---|---|---|"]
     for key, (label, labels) in NETWORKS.items():
-        lines.append(f"| {label} | {labels} | {cell(numbers.get((key, 'linear'), {}))} | "
-                     f"{cell(numbers[key, 'finetune']) if (key, 'finetune') in numbers else '-'} |")
+        lines.append(f"| {label} | {labels} | {seeds_text(numbers.get((key, 'linear'), {}))} | "
+                     f"{seeds_text(numbers[key, 'finetune']) if (key, 'finetune') in numbers else '-'} |")
     return lines
 
 
@@ -217,7 +212,7 @@ def report(b: Bench, teacher: dict, data: str, seeds: list[int]) -> None:
         *claims_table(found),
         "",
         f"Test top-1 of the networks' own training: L teacher {teacher['test_top1']:.2f} (on L), supervised ab "
-        f"{cell(dict(zip(seeds, supervised)))} (last epoch). Linear probe: AdamW on standardised features, the "
+        f"{seeds_text(dict(zip(seeds, supervised)))} (last epoch). Linear probe: AdamW on standardised features, the "
         f"probe's default recipe; finetune recipe: `{FINETUNE}`; top-1 of the last epoch.",
         "",
         "Paper (Tian et al. 2020, Section 4.3 / Figure 3, qualitative only): on STL-10, L -> ab, the ab student "

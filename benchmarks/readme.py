@@ -28,11 +28,6 @@ def _teacher(t: dict) -> str:
     return f"teacher `{t['path']}` ({t['passes']:g} passes, test top-1 {t['test_top1']:.2f})"
 
 
-def _per_seed(values: dict) -> str:
-    """'mean ± std (v0, v1, ...)' of {seed: number}."""
-    return seeds_text(list(values.values()))
-
-
 def _claims(claims: list[dict]) -> list[str]:
     lines = ["| claim | difference | Welch t | holds (difference > 0, t > 2) |", "|---|---|---|---|"]
     for c in claims:
@@ -50,7 +45,7 @@ def compression(r: dict) -> list[str]:
     for method, m in r["methods"].items():
         gain = "-" if method == "vanilla" else f"{m['mean'] - base:+.2f}"
         label = "labels only (vanilla)" if method == "vanilla" else method
-        lines.append(f"| {label} | {_per_seed(m['per_seed'])} | {gain} |")
+        lines.append(f"| {label} | {seeds_text(m['per_seed'])} | {gain} |")
     return lines + [""] + _claims(r["claims"]) + _during(r.get("test_top1_by_epoch", {}))
 
 
@@ -70,7 +65,7 @@ def crossmodal(r: dict) -> list[str]:
              f"L {_teacher(r['teacher'])}; seeds {seeds}.", "",
              "| network | labels before the probe | linear probe top-1 | finetune top-1 |", "|---|---|---|---|"]
     for n in r["networks"].values():
-        cells = [_per_seed(n[k]["per_seed"]) if n[k] else "-" for k in ("linear_top1", "finetune_top1")]
+        cells = [seeds_text(n[k]["per_seed"]) if n[k] else "-" for k in ("linear_top1", "finetune_top1")]
         lines.append(f"| {n['label']} | {n['labels_before_probe']} | {cells[0]} | {cells[1]} |")
     return lines + [""] + _claims(r["claims"])
 
@@ -82,7 +77,7 @@ def budget(r: dict) -> list[str]:
     for nominal, row in r["by_passes"].items():
         passes = f"{row['budget']['passes']:g}" if "budget" in row else f"{nominal} ({row.get('device', 'GPU')})"
         gaps = ", ".join(f"{g:+.2f}" for g in row["gap_per_seed"].values())
-        lines.append(f"| {passes} | {_per_seed(row['vanilla'])} | {_per_seed(row['CRD'])} | {gaps} | "
+        lines.append(f"| {passes} | {seeds_text(row['vanilla'])} | {seeds_text(row['CRD'])} | {gaps} | "
                      f"{row['gap_mean']:+.2f} ± {row['gap_std']:.2f} |")
     return lines
 
